@@ -1,0 +1,326 @@
+// flash_forward.wgsl: the fused attention forward, FlashAttention-2 style with tiles in workgroup
+// memory ("tiled" family). O = softmax(scale·Q·Kᵀ [+ softcap, ALiBi, masks])·V and LSE, in one pass,
+// never materialising Nq×Nk.
+//
+// Tensor layout (f32; element strides come in `params`, the head-dim stride is always 1):
+//   Q, O  [B, Hq, Nq, D]      K, V  [B, Hkv, Nk, D]      LSE [B, Hq, Nq] (natural log)
+//   aux   u32 [kv_lens (B) | ALiBi slopes as f32 bits (Hq)]
+// With a split key range (n_splits > 1) O and LSE point at partial buffers; `merge.wgsl` combines
+// them. The kernel itself does not know: it writes O/l and LSE at `*_stride_split · split`.
+//
+// Tiling: one workgroup owns BQ "packed" query rows of one (batch, kv head): packed row
+// p ∈ [0, G·Nq) is query i = p mod Nq of head h = kv_head·G + p / Nq, so a K/V tile loaded once
+// serves every query head of its GQA group. Keys stream in tiles of BK through workgroup memory
+// (K, then V in the same array); S and P tiles live in workgroup memory too.
+// Workgroup size: BQ·TPR invocations; invocation (r, t) owns row r and the O columns
+// dv ≡ t (mod TPR) (as vec4s), and scores c ≡ t (mod TPR) of each tile.
+// Loops: the only loop with a run-time trip count is the key-tile loop (≤ tiles_per_split, which
+// the host bounds below lavapipe's 65,535-iteration limit); every loop marked `@unroll` is unrolled
+// by the host's template step (src/shader.rs).
+
+const BQ: u32 = 16u; // @param query rows per workgroup
+const BK: u32 = 16u; // @param keys per tile
+const TPR: u32 = 4u; // @param invocations per query row
+const DV: u32 = 16u; // @param padded head dim / 4 (a multiple of TPR)
+const KPT: u32 = 4u; // @param BK / TPR: scores per invocation per tile
+const OPT: u32 = 4u; // @param DV / TPR: O vec4s per invocation
+const QLOADS: u32 = 4u; // @param ceil(BQ·DV / WG)
+const KVLOADS: u32 = 4u; // @param ceil(BK·DV / WG)
+
+const WG: u32 = BQ * TPR;
+const LOG2E: f32 = 1.4426950408889634;
+const LN2: f32 = 0.6931471805599453;
+// Masked scores; anything at or below MASKED_CUT counts as masked.
+const MASKED: f32 = -1.0e30;
+const MASKED_CUT: f32 = -1.0e29;
+
+struct Params {
+    q_len: u32,
+    kv_len: u32,
+    head_dim: u32,
+    group: u32,
+    // chunk of (batch, kv head) pairs this dispatch covers
+    batch0: u32,
+    batches: u32,
+    kv_head0: u32,
+    kv_heads: u32,
+    q_tiles: u32,          // ceil(G·Nq / BQ)
+    n_splits: u32,
+    tiles_per_split: u32,
+    grid_x: u32,
+    causal: u32,           // 0 none, 1 top-left, 2 bottom-right
+    use_alibi: u32,
+    alibi_offset: u32,     // index of slope 0 in aux
+    use_softcap: u32,
+    scale: f32,
+    softcap: f32,
+    q_base: u32,           // element offset of the bound window start, subtracted from indices
+    k_base: u32,
+    v_base: u32,
+    o_base: u32,
+    lse_base: u32,
+    _pad: u32,
+    q_stride: vec4<u32>,   // (batch, head, seq, -)
+    k_stride: vec4<u32>,
+    v_stride: vec4<u32>,
+    o_stride: vec4<u32>,   // (batch, head, seq, split)
+    lse_stride: vec4<u32>, // (batch, head, seq, split)
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read> aux: array<u32>;
+@group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+
+var<workgroup> q_tile: array<vec4<f32>, BQ * DV>;
+var<workgroup> kv_tile: array<vec4<f32>, BK * DV>;
+var<workgroup> s_tile: array<f32, BQ * BK>;
+var<workgroup> p_tile: array<f32, BQ * BK>;
+
+// Load 4 consecutive head-dim elements starting at d0 of row `base` (an element index), zero past D.
+fn load4_q(base: u32, d0: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    let d = params.head_dim;
+    if (d0 < d) { r.x = q[base + d0]; }
+    if (d0 + 1u < d) { r.y = q[base + d0 + 1u]; }
+    if (d0 + 2u < d) { r.z = q[base + d0 + 2u]; }
+    if (d0 + 3u < d) { r.w = q[base + d0 + 3u]; }
+    return r;
+}
+
+fn load4_k(base: u32, d0: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    let d = params.head_dim;
+    if (d0 < d) { r.x = k[base + d0]; }
+    if (d0 + 1u < d) { r.y = k[base + d0 + 1u]; }
+    if (d0 + 2u < d) { r.z = k[base + d0 + 2u]; }
+    if (d0 + 3u < d) { r.w = k[base + d0 + 3u]; }
+    return r;
+}
+
+fn load4_v(base: u32, d0: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    let d = params.head_dim;
+    if (d0 < d) { r.x = v[base + d0]; }
+    if (d0 + 1u < d) { r.y = v[base + d0 + 1u]; }
+    if (d0 + 2u < d) { r.z = v[base + d0 + 2u]; }
+    if (d0 + 3u < d) { r.w = v[base + d0 + 3u]; }
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    // ---- which (batch, kv head, query tile, key split) this workgroup owns
+    let wid = wg_id.x + wg_id.y * params.grid_x;
+    let total = params.batches * params.kv_heads * params.q_tiles * params.n_splits;
+    if (wid >= total) {
+        return;
+    }
+    let split = wid % params.n_splits;
+    let rest = wid / params.n_splits;
+    let q_tile_idx = rest % params.q_tiles;
+    let pair = rest / params.q_tiles;
+    let kv_head = params.kv_head0 + pair % params.kv_heads;
+    let batch = params.batch0 + pair / params.kv_heads;
+
+    let q_len = params.q_len;
+    let packed_rows = params.group * q_len;
+    let kv_len_b = aux[batch];            // keys at or past this are invisible
+    var offset = 0i;                      // query i sees keys j <= i + offset (causal)
+    if (params.causal == 2u) {
+        offset = i32(kv_len_b) - i32(q_len);
+    }
+
+    // ---- this invocation's row
+    let r = tid / TPR;
+    let t = tid % TPR;
+    let p0 = q_tile_idx * BQ;
+    let my_p = p0 + r;
+    let row_valid = my_p < packed_rows;
+    let my_h = kv_head * params.group + min(my_p, packed_rows - 1u) / q_len;
+    let my_i = min(my_p, packed_rows - 1u) % q_len;
+    var slope = 0.0;
+    if (params.use_alibi != 0u) {
+        slope = bitcast<f32>(aux[params.alibi_offset + my_h]);
+    }
+
+    // ---- the key range every row of the tile may need: [0, key_end)
+    let p_last = min(p0 + BQ, packed_rows) - 1u;
+    var i_min = p0 % q_len;
+    var i_max = p_last % q_len;
+    if (p0 / q_len != p_last / q_len) {   // the tile wraps into the next head
+        i_min = 0u;
+        i_max = q_len - 1u;
+    }
+    var key_end = kv_len_b;
+    if (params.causal != 0u) {
+        key_end = u32(clamp(i32(i_max) + offset + 1, 0, i32(kv_len_b)));
+    }
+    let n_tiles = (key_end + BK - 1u) / BK;
+    let tile_begin = min(split * params.tiles_per_split, n_tiles);
+    let tile_end = min(tile_begin + params.tiles_per_split, n_tiles);
+
+    // ---- Q tile, pre-scaled
+    let q_elem = params.q_stride;
+    // @unroll
+    for (var qi = 0u; qi < QLOADS; qi++) {
+        let e = qi * WG + tid;
+        if (e < BQ * DV) {
+            let row = e / DV;
+            let dv = e % DV;
+            let p = p0 + row;
+            var val = vec4<f32>(0.0);
+            if (p < packed_rows) {
+                let h = kv_head * params.group + p / q_len;
+                let i = p % q_len;
+                let base = batch * q_elem.x + h * q_elem.y + i * q_elem.z - params.q_base;
+                val = load4_q(base, dv * 4u) * params.scale;
+            }
+            q_tile[e] = val;
+        }
+    }
+
+    var m = MASKED;        // running max, log2 domain
+    var l = 0.0;           // running sum of exp2(s - m)
+    var acc: array<vec4<f32>, OPT>;
+    // @unroll
+    for (var oi = 0u; oi < OPT; oi++) {
+        acc[oi] = vec4<f32>(0.0);
+    }
+
+    for (var tile = tile_begin; tile < tile_end; tile++) {
+        let k0 = tile * BK;
+        // Element masking is needed only where the tile crosses the key end or the causal edge.
+        let needs_mask = k0 + BK > kv_len_b
+            || (params.causal != 0u && i32(k0 + BK - 1u) > i32(i_min) + offset);
+
+        // 1. K tile -> workgroup memory
+        // @unroll
+        for (var li = 0u; li < KVLOADS; li++) {
+            let e = li * WG + tid;
+            if (e < BK * DV) {
+                let key = k0 + e / DV;
+                var val = vec4<f32>(0.0);
+                if (key < params.kv_len) {
+                    let base = batch * params.k_stride.x + kv_head * params.k_stride.y
+                        + key * params.k_stride.z - params.k_base;
+                    val = load4_k(base, (e % DV) * 4u);
+                }
+                kv_tile[e] = val;
+            }
+        }
+        workgroupBarrier();
+
+        // 2. S = Q·Kᵀ for this invocation's scores, then softcap, ALiBi, mask; log2 domain
+        // @unroll
+        for (var cc = 0u; cc < KPT; cc++) {
+            let c = cc * TPR + t;
+            var dot4 = vec4<f32>(0.0);
+            // @unroll
+            for (var dv = 0u; dv < DV; dv++) {
+                dot4 = fma(q_tile[r * DV + dv], kv_tile[c * DV + dv], dot4);
+            }
+            var s = dot4.x + dot4.y + dot4.z + dot4.w;
+            if (params.use_softcap != 0u) {
+                s = params.softcap * tanh(s / params.softcap);
+            }
+            let key = k0 + c;
+            if (params.use_alibi != 0u) {
+                s -= slope * abs(f32(i32(my_i) + i32(kv_len_b) - i32(q_len) - i32(key)));
+            }
+            s *= LOG2E;
+            if (needs_mask) {
+                var visible = key < kv_len_b;
+                if (params.causal != 0u) {
+                    visible = visible && i32(key) <= i32(my_i) + offset;
+                }
+                s = select(MASKED, s, visible);
+            }
+            s_tile[r * BK + c] = s;
+        }
+        workgroupBarrier();
+
+        // 3. V tile -> workgroup memory (K is no longer read), and P = exp2(S - m_new)
+        // @unroll
+        for (var li = 0u; li < KVLOADS; li++) {
+            let e = li * WG + tid;
+            if (e < BK * DV) {
+                let key = k0 + e / DV;
+                var val = vec4<f32>(0.0);
+                if (key < params.kv_len) {
+                    let base = batch * params.v_stride.x + kv_head * params.v_stride.y
+                        + key * params.v_stride.z - params.v_base;
+                    val = load4_v(base, (e % DV) * 4u);
+                }
+                kv_tile[e] = val;
+            }
+        }
+        var m_tile = MASKED;
+        // @unroll
+        for (var c = 0u; c < BK; c++) {
+            m_tile = max(m_tile, s_tile[r * BK + c]);
+        }
+        let m_new = max(m, m_tile);
+        let any_visible = m_new > MASKED_CUT;
+        // @unroll
+        for (var cc = 0u; cc < KPT; cc++) {
+            let c = cc * TPR + t;
+            let s = s_tile[r * BK + c];
+            p_tile[r * BK + c] = select(0.0, exp2(s - m_new), any_visible && s > MASKED_CUT);
+        }
+        workgroupBarrier();
+
+        // 4. rescale and accumulate: l = l·α + Σp, O = O·α + P·V
+        let alpha = select(1.0, exp2(m - m_new), any_visible);
+        m = m_new;
+        var p_sum = 0.0;
+        // @unroll
+        for (var oi = 0u; oi < OPT; oi++) {
+            acc[oi] *= alpha;
+        }
+        // @unroll
+        for (var c = 0u; c < BK; c++) {
+            let p = p_tile[r * BK + c];
+            p_sum += p;
+            // @unroll
+            for (var oi = 0u; oi < OPT; oi++) {
+                acc[oi] = fma(vec4<f32>(p), kv_tile[c * DV + oi * TPR + t], acc[oi]);
+            }
+        }
+        l = l * alpha + p_sum;
+        workgroupBarrier();
+    }
+
+    // ---- write O / l and LSE (0 and −∞ for a row that saw no key)
+    if (!row_valid) {
+        return;
+    }
+    var inv_l = 0.0;
+    if (l > 0.0) {
+        inv_l = 1.0 / l;
+    }
+    let ob = batch * params.o_stride.x + my_h * params.o_stride.y + my_i * params.o_stride.z
+        + split * params.o_stride.w - params.o_base;
+    // @unroll
+    for (var oi = 0u; oi < OPT; oi++) {
+        let d0 = (oi * TPR + t) * 4u;
+        let val = acc[oi] * inv_l;
+        if (d0 < params.head_dim) { o[ob + d0] = val.x; }
+        if (d0 + 1u < params.head_dim) { o[ob + d0 + 1u] = val.y; }
+        if (d0 + 2u < params.head_dim) { o[ob + d0 + 2u] = val.z; }
+        if (d0 + 3u < params.head_dim) { o[ob + d0 + 3u] = val.w; }
+    }
+    if (t == 0u) {
+        var neg_inf_bits = 0xff800000u;   // a var, so the constant evaluator never sees −∞
+        var row_lse = bitcast<f32>(neg_inf_bits);
+        if (l > 0.0) {
+            row_lse = (m + log2(l)) * LN2;
+        }
+        let lb = batch * params.lse_stride.x + my_h * params.lse_stride.y
+            + my_i * params.lse_stride.z + split * params.lse_stride.w - params.lse_base;
+        lse[lb] = row_lse;
+    }
+}

@@ -1,0 +1,77 @@
+// merge.wgsl: combine attention states computed over disjoint key ranges ("splits") by their
+// log-sum-exp: LSE = log Σ_s exp(LSE_s), O = Σ_s exp(LSE_s − LSE)·O_s. Splits with LSE_s = −∞
+// contribute nothing; a row whose every split is −∞ gets O = 0, LSE = −∞.
+//
+// Layout (f32): partial O [rows, n_splits, D] and partial LSE [rows, n_splits], rows in
+// (batch, head, query) order of the chunk; final O by strides like Q's, LSE [B, Hq, Nq].
+// One invocation per (row, d) element; workgroup size 64; the invocation with d = 0 also
+// writes the row's LSE. The only loop runs over n_splits (bounded by the host).
+
+struct Params {
+    rows: u32,          // rows in this chunk: batches · q_heads · q_len
+    head_dim: u32,
+    n_splits: u32,
+    grid_x: u32,        // workgroups along x (the dispatch is 2D when large)
+    q_heads: u32,       // heads in this chunk
+    q_len: u32,
+    batch0: u32,
+    head0: u32,
+    o_stride: vec4<u32>,   // (batch, head, seq, -) of the final O
+    o_base: u32,
+    lse_base: u32,
+    lse_stride_b: u32,
+    lse_stride_h: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> part_o: array<f32>;
+@group(0) @binding(2) var<storage, read> part_lse: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let e = (wg_id.x + wg_id.y * params.grid_x) * 64u + tid;
+    if (e >= params.rows * params.head_dim) {
+        return;
+    }
+    let row = e / params.head_dim;
+    let d = e % params.head_dim;
+    let ns = params.n_splits;
+
+    var neg_inf_bits = 0xff800000u;   // a var, so the constant evaluator never sees −∞
+    let neg_inf = bitcast<f32>(neg_inf_bits);
+    var m = neg_inf;
+    for (var s = 0u; s < ns; s++) {
+        m = max(m, part_lse[row * ns + s]);
+    }
+    var sum = 0.0;
+    var acc = 0.0;
+    if (m > neg_inf) {
+        for (var s = 0u; s < ns; s++) {
+            let ls = part_lse[row * ns + s];
+            if (ls > neg_inf) {
+                let w = exp(ls - m);
+                sum += w;
+                acc += w * part_o[(row * ns + s) * params.head_dim + d];
+            }
+        }
+    }
+
+    let i = row % params.q_len;
+    let bh = row / params.q_len;
+    let h = params.head0 + bh % params.q_heads;
+    let b = params.batch0 + bh / params.q_heads;
+    var out = 0.0;
+    if (sum > 0.0) {
+        out = acc / sum;
+    }
+    o[b * params.o_stride.x + h * params.o_stride.y + i * params.o_stride.z + d - params.o_base] = out;
+    if (d == 0u) {
+        var row_lse = neg_inf;
+        if (sum > 0.0) {
+            row_lse = m + log(sum);
+        }
+        lse[b * params.lse_stride_b + h * params.lse_stride_h + i - params.lse_base] = row_lse;
+    }
+}

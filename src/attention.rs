@@ -1,0 +1,342 @@
+//! The problem description: shapes, layouts and options of one attention call, and their
+//! validation. Every bad input becomes an [`Error`] here, before any GPU work is recorded, so the
+//! GPU path and the CPU oracle see exactly the same (valid) problem.
+
+use crate::error::{Error, Result};
+
+/// The largest head dimension the kernels support.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Logical shape of a Q, K, V or O tensor: `[batch, heads, seq, head_dim]`, whatever the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Batch size B.
+    pub batch: usize,
+    /// Number of heads (Hq for Q and O, Hkv for K and V).
+    pub heads: usize,
+    /// Sequence length (Nq or Nk).
+    pub seq: usize,
+    /// Head dimension D.
+    pub head_dim: usize,
+}
+
+impl Shape {
+    /// `Shape { batch, heads, seq, head_dim }`.
+    pub const fn new(batch: usize, heads: usize, seq: usize, head_dim: usize) -> Self {
+        Self {
+            batch,
+            heads,
+            seq,
+            head_dim,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.batch * self.heads * self.seq * self.head_dim
+    }
+
+    /// True when any dimension is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[B={}, H={}, S={}, D={}]",
+            self.batch, self.heads, self.seq, self.head_dim
+        )
+    }
+}
+
+/// Memory order of a tensor's elements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `[batch, heads, seq, head_dim]`, PyTorch's `scaled_dot_product_attention` order.
+    #[default]
+    Bhsd,
+    /// `[batch, seq, heads, head_dim]`, FlashAttention's order.
+    Bshd,
+}
+
+impl Layout {
+    /// Element strides of (batch, head, seq) for `shape`; the head-dim stride is always 1.
+    pub fn strides(self, shape: Shape) -> [usize; 3] {
+        let Shape {
+            heads: h,
+            seq: s,
+            head_dim: d,
+            ..
+        } = shape;
+        match self {
+            Layout::Bhsd => [h * s * d, s * d, d],
+            Layout::Bshd => [s * h * d, d, h * d],
+        }
+    }
+
+    /// Offset of element (b, h, s, d).
+    pub fn offset(self, shape: Shape, b: usize, h: usize, s: usize, d: usize) -> usize {
+        let [sb, sh, ss] = self.strides(shape);
+        b * sb + h * sh + s * ss + d
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "bhsd" => Ok(Layout::Bhsd),
+            "bshd" => Ok(Layout::Bshd),
+            other => Err(Error::InvalidOption(format!(
+                "layout `{other}`: expected bhsd or bshd"
+            ))),
+        }
+    }
+}
+
+/// How the causal mask is aligned when the query and key lengths differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Causal {
+    /// Query `i` sees keys `j <= i + kv_len - q_len` (FlashAttention >= 2.1; right for KV caches).
+    BottomRight,
+    /// Query `i` sees keys `j <= i` (PyTorch's `is_causal=True`).
+    TopLeft,
+}
+
+/// One attention problem's options: `softmax(scale·Q·Kᵀ + mask/bias)·V`.
+///
+/// Scores are formed in FlashAttention's order: `s = scale·q·k`; if a soft cap is set,
+/// `s = cap·tanh(s/cap)`; with ALiBi, `s -= slope[h]·|i + kv_len − q_len − j|`; masked positions
+/// are −∞. A query row that sees no key gets output 0 and LSE −∞.
+///
+/// ```
+/// use wgpu_attention::{Attention, Causal};
+/// let attn = Attention::new().causal(Causal::BottomRight).softcap(30.0);
+/// assert_eq!(attn.causal, Some(Causal::BottomRight));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attention {
+    /// Softmax scale; `None` means `1/sqrt(head_dim)`.
+    pub scale: Option<f32>,
+    /// Causal mask and its alignment; `None` for no causal mask.
+    pub causal: Option<Causal>,
+    /// Per-batch key lengths (key padding): keys at or beyond `kv_lens[b]` are invisible, and the
+    /// causal and ALiBi alignment use `kv_lens[b]` as the key length. `None`: all keys visible.
+    pub kv_lens: Option<Vec<u32>>,
+    /// ALiBi slopes, one per query head.
+    pub alibi_slopes: Option<Vec<f32>>,
+    /// Logit soft-capping value (> 0).
+    pub softcap: Option<f32>,
+    /// GPU only: split the key range into this many parts, computed by separate workgroups and
+    /// merged by log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically.
+    pub num_splits: Option<u32>,
+}
+
+impl Attention {
+    /// Plain attention with the default scale and no mask.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Set the softmax scale.
+    pub fn scale(mut self, scale: f32) -> Self {
+        self.scale = Some(scale);
+        self
+    }
+    /// Set a causal mask with the given alignment.
+    pub fn causal(mut self, causal: Causal) -> Self {
+        self.causal = Some(causal);
+        self
+    }
+    /// Set per-batch key lengths.
+    pub fn kv_lens(mut self, kv_lens: Vec<u32>) -> Self {
+        self.kv_lens = Some(kv_lens);
+        self
+    }
+    /// Set ALiBi slopes (one per query head).
+    pub fn alibi_slopes(mut self, slopes: Vec<f32>) -> Self {
+        self.alibi_slopes = Some(slopes);
+        self
+    }
+    /// Set logit soft-capping.
+    pub fn softcap(mut self, cap: f32) -> Self {
+        self.softcap = Some(cap);
+        self
+    }
+
+    /// Split the key range into `n` parts on the GPU (see [`Attention::num_splits`]).
+    pub fn num_splits(mut self, n: u32) -> Self {
+        self.num_splits = Some(n);
+        self
+    }
+
+    /// Check Q, K, V shapes against each other and the options; returns the problem's sizes.
+    pub fn validate(&self, q: Shape, k: Shape, v: Shape) -> Result<Problem> {
+        if k != v {
+            return Err(Error::ShapeMismatch(format!(
+                "K is {k} but V is {v}: they must be equal"
+            )));
+        }
+        if q.batch != k.batch {
+            return Err(Error::ShapeMismatch(format!(
+                "Q has batch {} but K/V have batch {}",
+                q.batch, k.batch
+            )));
+        }
+        if q.head_dim != k.head_dim {
+            return Err(Error::ShapeMismatch(format!(
+                "Q has head dim {} but K/V have head dim {}",
+                q.head_dim, k.head_dim
+            )));
+        }
+        if q.head_dim == 0 || q.head_dim > MAX_HEAD_DIM {
+            return Err(Error::HeadDimUnsupported {
+                head_dim: q.head_dim,
+                max: MAX_HEAD_DIM,
+            });
+        }
+        if k.heads == 0 || q.heads % k.heads != 0 {
+            return Err(Error::ShapeMismatch(format!(
+                "Q has {} heads and K/V have {}: the K/V head count must divide the Q head count",
+                q.heads, k.heads
+            )));
+        }
+        if q.batch == 0 || q.heads == 0 || q.seq == 0 {
+            return Err(Error::ShapeMismatch(format!(
+                "Q {q} has an empty dimension"
+            )));
+        }
+        if k.seq == 0 {
+            return Err(Error::ShapeMismatch(format!("K/V {k} has no keys")));
+        }
+        if self.num_splits == Some(0) {
+            return Err(Error::InvalidOption("num_splits must be at least 1".into()));
+        }
+        if let Some(scale) = self.scale {
+            if !scale.is_finite() {
+                return Err(Error::InvalidOption(format!("scale {scale} is not finite")));
+            }
+        }
+        if let Some(cap) = self.softcap {
+            if !(cap.is_finite() && cap > 0.0) {
+                return Err(Error::InvalidOption(format!(
+                    "softcap {cap} must be finite and > 0"
+                )));
+            }
+        }
+        if let Some(lens) = &self.kv_lens {
+            if lens.len() != q.batch {
+                return Err(Error::InvalidOption(format!(
+                    "kv_lens has {} entries but the batch is {}",
+                    lens.len(),
+                    q.batch
+                )));
+            }
+            if let Some((b, &l)) = lens.iter().enumerate().find(|(_, &l)| l as usize > k.seq) {
+                return Err(Error::InvalidOption(format!(
+                    "kv_lens[{b}] = {l} exceeds the key length {}",
+                    k.seq
+                )));
+            }
+        }
+        if let Some(slopes) = &self.alibi_slopes {
+            if slopes.len() != q.heads {
+                return Err(Error::InvalidOption(format!(
+                    "{} ALiBi slopes given for {} query heads",
+                    slopes.len(),
+                    q.heads
+                )));
+            }
+            if let Some(s) = slopes.iter().find(|s| !s.is_finite()) {
+                return Err(Error::InvalidOption(format!(
+                    "ALiBi slope {s} is not finite"
+                )));
+            }
+        }
+        Ok(Problem {
+            batch: q.batch,
+            q_heads: q.heads,
+            kv_heads: k.heads,
+            q_len: q.seq,
+            kv_len: k.seq,
+            head_dim: q.head_dim,
+        })
+    }
+
+    /// The scale actually used for head dim `d`.
+    pub fn scale_for(&self, head_dim: usize) -> f32 {
+        self.scale.unwrap_or(1.0 / (head_dim as f32).sqrt())
+    }
+}
+
+/// Sizes of a validated problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Problem {
+    /// B.
+    pub batch: usize,
+    /// Hq.
+    pub q_heads: usize,
+    /// Hkv (divides Hq).
+    pub kv_heads: usize,
+    /// Nq.
+    pub q_len: usize,
+    /// Nk.
+    pub kv_len: usize,
+    /// D.
+    pub head_dim: usize,
+}
+
+impl Problem {
+    /// Query heads per K/V head (1 for MHA, Hq for MQA).
+    pub fn group(&self) -> usize {
+        self.q_heads / self.kv_heads
+    }
+    /// Shape of Q and O.
+    pub fn q_shape(&self) -> Shape {
+        Shape::new(self.batch, self.q_heads, self.q_len, self.head_dim)
+    }
+    /// Shape of K and V.
+    pub fn kv_shape(&self) -> Shape {
+        Shape::new(self.batch, self.kv_heads, self.kv_len, self.head_dim)
+    }
+    /// FLOPs of the dense forward: 4·B·Hq·Nq·Nk·D.
+    pub fn dense_flops(&self) -> f64 {
+        4.0 * (self.batch * self.q_heads * self.q_len * self.kv_len * self.head_dim) as f64
+    }
+}
+
+/// Host-side tensor: data in `layout` order with logical `shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Elements in `layout` order.
+    pub data: Vec<f32>,
+    /// Logical shape `[B, H, S, D]`.
+    pub shape: Shape,
+    /// Memory order of `data`.
+    pub layout: Layout,
+}
+
+impl HostTensor {
+    /// Wrap `data`; fails when its length is not `shape.len()`.
+    pub fn new(data: Vec<f32>, shape: Shape, layout: Layout) -> Result<Self> {
+        if data.len() != shape.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "{} elements given for shape {shape} ({} expected)",
+                data.len(),
+                shape.len()
+            )));
+        }
+        Ok(Self {
+            data,
+            shape,
+            layout,
+        })
+    }
+
+    /// Element (b, h, s, d).
+    pub fn at(&self, b: usize, h: usize, s: usize, d: usize) -> f32 {
+        self.data[self.layout.offset(self.shape, b, h, s, d)]
+    }
+}

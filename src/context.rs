@@ -1,0 +1,312 @@
+//! The GPU context: adapter choice, a device with the adapter's real limits, the queue, the
+//! pipeline cache and the read-back helper. One `Context` is `Send + Sync`; share it by reference
+//! or `Arc` between threads.
+//!
+//! Adapter choice: every adapter of the allowed backends is listed and the best ranked one is taken
+//! (discrete > integrated > virtual > CPU; Vulkan, Metal and DX12 before GL). Two environment
+//! variables override it:
+//! - `WGATTN_BACKEND`: a comma list of `vulkan`, `metal`, `dx12`, `gl` (default: all);
+//! - `WGATTN_ADAPTER`: a case-insensitive substring of the adapter's name (e.g. `llvmpipe`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How to choose an adapter; [`ContextOptions::from_env`] reads the `WGATTN_*` overrides.
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// Backends to consider.
+    pub backends: wgpu::Backends,
+    /// Case-insensitive substring the adapter's name must contain.
+    pub adapter_name: Option<String>,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            backends: wgpu::Backends::all(),
+            adapter_name: None,
+        }
+    }
+}
+
+impl ContextOptions {
+    /// Defaults overridden by `WGATTN_BACKEND` and `WGATTN_ADAPTER`.
+    pub fn from_env() -> Self {
+        let mut o = Self::default();
+        if let Ok(b) = std::env::var("WGATTN_BACKEND") {
+            if !b.trim().is_empty() {
+                o.backends = wgpu::Backends::from_comma_list(&b);
+            }
+        }
+        if let Ok(a) = std::env::var("WGATTN_ADAPTER") {
+            if !a.trim().is_empty() {
+                o.adapter_name = Some(a);
+            }
+        }
+        o
+    }
+}
+
+/// What the library knows about the adapter it runs on.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// wgpu's adapter information (name, backend, driver, ...).
+    pub info: wgpu::AdapterInfo,
+    /// Features enabled on the device (the useful subset the adapter has).
+    pub features: wgpu::Features,
+    /// The device's limits (the adapter's real ones, not WebGPU's defaults).
+    pub limits: wgpu::Limits,
+}
+
+/// The device-side state shared by every call.
+pub struct Context {
+    pub(crate) id: u64,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    summary: AdapterSummary,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::Gl => 1,
+        _ => 0,
+    };
+    (ty, backend)
+}
+
+impl Context {
+    /// Open the best adapter, honouring `WGATTN_BACKEND` / `WGATTN_ADAPTER`.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&ContextOptions::from_env())
+    }
+
+    /// Open an adapter chosen by `options`.
+    pub fn with_options(options: &ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    async fn new_async(options: &ContextOptions) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: options.backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = instance.enumerate_adapters(options.backends).await;
+        let found: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                let info = a.get_info();
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| info.name.to_lowercase().contains(w))
+                    && a.get_downlevel_capabilities()
+                        .flags
+                        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .max_by_key(|a| rank(&a.get_info()))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(
+                    "backends {:?}{}; adapters present: {}",
+                    options.backends,
+                    wanted
+                        .as_ref()
+                        .map(|w| format!(", name containing `{w}`"))
+                        .unwrap_or_default(),
+                    if found.is_empty() {
+                        "none".to_string()
+                    } else {
+                        found.join(", ")
+                    }
+                ),
+            })?;
+        let info = adapter.get_info();
+        let wanted_features =
+            wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted_features;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-attention"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_cb = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_cb.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(None));
+        let uncaptured_cb = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("uncaptured wgpu error: {e}");
+            *uncaptured_cb.lock().unwrap() = Some(e.to_string());
+        }));
+        Ok(Self {
+            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
+            device,
+            queue,
+            summary: AdapterSummary {
+                info,
+                features,
+                limits,
+            },
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+            uncaptured,
+        })
+    }
+
+    /// The adapter, its enabled features and limits.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.summary.limits
+    }
+
+    /// The wgpu device, for callers that build their own buffers around ours.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Number of compiled pipelines in the cache.
+    pub fn cached_pipelines(&self) -> usize {
+        self.pipelines.lock().unwrap().len()
+    }
+
+    /// Fails if the device was lost or an uncaptured error was reported.
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        if let Some(reason) = self.lost.lock().unwrap().clone() {
+            return Err(Error::DeviceLost(reason));
+        }
+        if let Some(e) = self.uncaptured.lock().unwrap().take() {
+            return Err(Error::Gpu(e));
+        }
+        Ok(())
+    }
+
+    /// The pipeline for `key`, built by `build` the first time it is asked for.
+    pub(crate) fn pipeline(
+        &self,
+        key: &str,
+        build: impl FnOnce(&wgpu::Device) -> Result<wgpu::ComputePipeline>,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(key) {
+            return Ok(p.clone());
+        }
+        // Built outside the lock: another thread may build the same one; the first insert wins.
+        let pipeline = Arc::new(self.scoped(|| build(&self.device))??);
+        let mut cache = self.pipelines.lock().unwrap();
+        Ok(cache.entry(key.to_string()).or_insert(pipeline).clone())
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes; a captured error becomes
+    /// [`Error::Gpu`].
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let m = pollster::block_on(oom.pop());
+        if let Some(e) = v.or(m) {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Submit `encoder` and wait until the GPU has finished it.
+    pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let index = self.scoped(|| self.queue.submit([encoder.finish()]))?;
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.check_alive()
+    }
+
+    /// Copy `size` bytes of `buffer` (which needs `COPY_SRC`) from `offset` back to the host.
+    pub(crate) fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let staging = self.scoped(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back staging"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.submit_and_wait(encoder)?;
+        let slice = staging.slice(..);
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        match pollster::block_on(receiver.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::ReadBack(e.to_string())),
+            None => return Err(Error::ReadBack("the map callback was dropped".into())),
+        }
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| Error::ReadBack(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.summary.info.name)
+            .field("backend", &self.summary.info.backend)
+            .finish()
+    }
+}

@@ -1,0 +1,77 @@
+//! The one error type of the crate. Every variant says what went wrong and, where there is one,
+//! what to do about it. Invalid problems are rejected here before any GPU work is recorded.
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `wgpu-attention`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter matched; the message says how to get one.
+    #[error(
+        "no GPU adapter found ({detail}). On a headless Linux machine install a software Vulkan \
+         driver: `apt-get install mesa-vulkan-drivers`; on other machines install your GPU's \
+         Vulkan/Metal/DX12 driver. WGATTN_BACKEND / WGATTN_ADAPTER select among adapters"
+    )]
+    NoAdapter {
+        /// What was searched for and what was found.
+        detail: String,
+    },
+    /// The adapter exists but refused to create a device.
+    #[error("the adapter refused to create a device: {0}")]
+    RequestDevice(String),
+    /// Shapes of Q, K, V (or the output) do not agree.
+    #[error("shape mismatch: {0}")]
+    ShapeMismatch(String),
+    /// Head dimension outside what the kernels support.
+    #[error("head dim {head_dim} is not supported: supported head dims are 1..={max}")]
+    HeadDimUnsupported {
+        /// The head dim asked for.
+        head_dim: usize,
+        /// The largest supported head dim.
+        max: usize,
+    },
+    /// An option has an invalid value (scale not finite, softcap ≤ 0, slopes of the wrong length ...).
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// The problem needs more than one of the adapter's limits allows, even after splitting.
+    #[error("{what} needs {needed} but the adapter's limit `{limit}` is {available}")]
+    LimitExceeded {
+        /// What did not fit.
+        what: String,
+        /// The name of the wgpu limit.
+        limit: &'static str,
+        /// How much was needed.
+        needed: u64,
+        /// What the adapter offers.
+        available: u64,
+    },
+    /// The adapter lacks a feature this call needs.
+    #[error("the adapter lacks the feature {feature}: {hint}")]
+    UnsupportedFeature {
+        /// The missing feature.
+        feature: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A tensor was created on another context.
+    #[error("tensor belongs to another context")]
+    ForeignTensor,
+    /// wgpu reported a validation or out-of-memory error.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+    /// The device was lost (driver reset, GPU removed).
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    /// Reading a buffer back failed.
+    #[error("reading back from the GPU failed: {0}")]
+    ReadBack(String),
+    /// A shader failed to parse or validate (a bug in the crate: please report it).
+    #[error("shader {name} is invalid: {message}")]
+    Shader {
+        /// The shader's file name.
+        name: String,
+        /// naga's message.
+        message: String,
+    },
+}

@@ -1,0 +1,88 @@
+//! One module per kernel family; each owns its WGSL file (in `shaders/`), its uniform struct, its
+//! specialisation key and its dispatch.
+
+pub mod flash;
+pub(crate) mod merge;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::shader::{self, Params};
+
+/// Build (or fetch from the context's cache) the pipeline of `source` specialised by `params`.
+pub(crate) fn pipeline(
+    ctx: &Context,
+    name: &'static str,
+    source: &'static str,
+    params: &Params,
+) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
+    let key = format!("{name}{params:?}");
+    ctx.pipeline(&key, |device| {
+        let text = shader::specialise(name, source, params)?;
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(text.into()),
+        });
+        Ok(
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            }),
+        )
+    })
+}
+
+/// A storage-buffer binding window covering elements `[start, end)` (4-byte elements) of a
+/// buffer, starting at an offset aligned down to the adapter's alignment. `base` is the element
+/// index the window starts at, which the shader subtracts from its indices.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    offset: u64,
+    size: u64,
+    pub base: u32,
+}
+
+impl Window {
+    pub fn new(ctx: &Context, buffer: &wgpu::Buffer, start: u64, end: u64) -> Self {
+        let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+        let offset = (start * 4) / align * align;
+        let size = ((end * 4).min(buffer.size()) - offset).max(4);
+        Self {
+            offset,
+            size,
+            base: (offset / 4) as u32,
+        }
+    }
+
+    pub fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.size),
+        })
+    }
+}
+
+/// Bytes a window over `[start, end)` elements occupies in the worst alignment case.
+pub(crate) fn window_bytes(ctx: &Context, start: u64, end: u64) -> u64 {
+    (end - start) * 4 + ctx.limits().min_storage_buffer_offset_alignment as u64
+}
+
+/// 2D grid for `total` workgroups under the per-dimension limit: (x, y).
+pub(crate) fn grid(ctx: &Context, total: u64) -> Result<(u32, u32)> {
+    let max = ctx.limits().max_compute_workgroups_per_dimension as u64;
+    let x = total.clamp(1, max);
+    let y = total.div_ceil(x);
+    if y > max {
+        return Err(crate::error::Error::LimitExceeded {
+            what: format!("a dispatch of {total} workgroups"),
+            limit: "max_compute_workgroups_per_dimension (squared)",
+            needed: total,
+            available: max * max,
+        });
+    }
+    Ok((x as u32, y as u32))
+}

@@ -1,0 +1,67 @@
+//! # wgpu-attention
+//!
+//! Fused attention kernels in WGSL, run through `wgpu` on any Vulkan, Metal, DX12 or GL adapter,
+//! with an f64 CPU oracle ([`cpu::reference`]) that every kernel is checked against.
+//!
+//! `O = softmax(scale·Q·Kᵀ + mask/bias)·V` is computed FlashAttention-style: one kernel streams
+//! K/V tiles with an online softmax and never materialises the Nq×Nk matrix.
+//!
+//! ```no_run
+//! use wgpu_attention::{Attention, Causal, Context, HostTensor, Layout, Shape};
+//!
+//! # fn main() -> Result<(), wgpu_attention::Error> {
+//! let ctx = Context::new()?; // best adapter; WGATTN_BACKEND / WGATTN_ADAPTER override
+//! let (b, h, n, d) = (1, 4, 100, 64);
+//! let data = |seed: usize| (0..b * h * n * d).map(|i| ((i * 7 + seed) % 13) as f32 / 13.0).collect();
+//! let q = HostTensor::new(data(1), Shape::new(b, h, n, d), Layout::Bhsd)?;
+//! let k = HostTensor::new(data(2), Shape::new(b, h, n, d), Layout::Bhsd)?;
+//! let v = HostTensor::new(data(3), Shape::new(b, h, n, d), Layout::Bhsd)?;
+//! let out = wgpu_attention::attention(&ctx, &q, &k, &v, &Attention::new().causal(Causal::BottomRight))?;
+//! assert_eq!(out.o.data.len(), b * h * n * d);
+//! # Ok(()) }
+//! ```
+
+pub mod attention;
+pub mod context;
+pub mod cpu;
+pub mod error;
+pub mod kernels;
+pub mod shader;
+pub mod tensor;
+pub mod testing;
+
+pub use attention::{Attention, Causal, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
+pub use context::{AdapterSummary, Context, ContextOptions};
+pub use error::{Error, Result};
+pub use kernels::flash::{forward, forward_into, Output};
+pub use tensor::Tensor;
+
+/// O and LSE on the host.
+#[derive(Clone, Debug)]
+pub struct HostOutput {
+    /// O in Q's shape and layout.
+    pub o: HostTensor,
+    /// LSE `[B, Hq, Nq]`, natural log; −∞ for a row that saw no key.
+    pub lse: Vec<f32>,
+}
+
+/// One-call convenience: upload Q, K, V, run the fused forward on the GPU, read O and LSE back.
+pub fn attention(
+    ctx: &Context,
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    attn: &Attention,
+) -> Result<HostOutput> {
+    attn.validate(q.shape, k.shape, v.shape)?;
+    let (qd, kd, vd) = (
+        Tensor::upload(ctx, q)?,
+        Tensor::upload(ctx, k)?,
+        Tensor::upload(ctx, v)?,
+    );
+    let out = forward(ctx, &qd, &kd, &vd, attn)?;
+    Ok(HostOutput {
+        o: out.o.to_host(ctx)?,
+        lse: out.lse.to_host(ctx)?.data,
+    })
+}

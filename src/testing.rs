@@ -1,0 +1,184 @@
+//! Helpers shared by the test suite and `wgattn check`: random problems, a GPU run with poisoned
+//! outputs, and the comparison against the oracle. Public so the CLI's `check` and the tests use
+//! exactly the same procedure.
+
+use rand::{Rng, SeedableRng};
+
+use crate::attention::{Attention, HostTensor, Layout, Shape};
+use crate::context::Context;
+use crate::cpu::reference;
+use crate::error::Result;
+use crate::kernels::flash::{forward_into, Output};
+use crate::tensor::Tensor;
+
+/// One randomised case: sizes, layout and options.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// B.
+    pub batch: usize,
+    /// Hq.
+    pub q_heads: usize,
+    /// Hkv.
+    pub kv_heads: usize,
+    /// Nq.
+    pub q_len: usize,
+    /// Nk.
+    pub kv_len: usize,
+    /// D.
+    pub head_dim: usize,
+    /// Layout of Q, K, V and O.
+    pub layout: Layout,
+    /// Options.
+    pub attn: Attention,
+}
+
+impl Case {
+    /// A case with one batch, one head, no options.
+    pub fn new(q_len: usize, kv_len: usize, head_dim: usize) -> Self {
+        Self {
+            batch: 1,
+            q_heads: 1,
+            kv_heads: 1,
+            q_len,
+            kv_len,
+            head_dim,
+            layout: Layout::Bhsd,
+            attn: Attention::new(),
+        }
+    }
+    /// Set batch, query heads and K/V heads.
+    pub fn heads(mut self, batch: usize, q_heads: usize, kv_heads: usize) -> Self {
+        (self.batch, self.q_heads, self.kv_heads) = (batch, q_heads, kv_heads);
+        self
+    }
+    /// Set the layout.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+    /// Set the options.
+    pub fn attn(mut self, attn: Attention) -> Self {
+        self.attn = attn;
+        self
+    }
+
+    /// Random Q, K, V (uniform in [-1, 1)) from `seed`.
+    pub fn inputs(&self, seed: u64) -> (HostTensor, HostTensor, HostTensor) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut gen = |shape: Shape| {
+            let data = (0..shape.len())
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect();
+            HostTensor::new(data, shape, self.layout).expect("length matches")
+        };
+        let qs = Shape::new(self.batch, self.q_heads, self.q_len, self.head_dim);
+        let ks = Shape::new(self.batch, self.kv_heads, self.kv_len, self.head_dim);
+        (gen(qs), gen(ks), gen(ks))
+    }
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "B{} Hq{} Hkv{} Nq{} Nk{} D{} {:?}",
+            self.batch,
+            self.q_heads,
+            self.kv_heads,
+            self.q_len,
+            self.kv_len,
+            self.head_dim,
+            self.layout
+        )?;
+        let a = &self.attn;
+        if let Some(c) = a.causal {
+            write!(f, " causal={c:?}")?;
+        }
+        if a.kv_lens.is_some() {
+            write!(f, " kv_lens")?;
+        }
+        if a.alibi_slopes.is_some() {
+            write!(f, " alibi")?;
+        }
+        if let Some(c) = a.softcap {
+            write!(f, " softcap={c}")?;
+        }
+        if let Some(s) = a.scale {
+            write!(f, " scale={s}")?;
+        }
+        if let Some(n) = a.num_splits {
+            write!(f, " splits={n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors of one GPU run against the oracle.
+#[derive(Clone, Copy, Debug)]
+pub struct Errors {
+    /// ‖o − ref‖ / ‖ref‖.
+    pub rel: f64,
+    /// max |o − ref|.
+    pub max_abs: f64,
+    /// max |lse − ref| (∞ when a −∞ does not match).
+    pub lse_max_abs: f64,
+}
+
+impl Errors {
+    /// True when every error is below the f32 tolerances (and none is NaN).
+    pub fn pass(&self, rel_tol: f64) -> bool {
+        self.rel < rel_tol && self.max_abs < rel_tol * 100.0 && self.lse_max_abs < rel_tol * 10.0
+    }
+}
+
+/// Run `case` on the GPU with NaN-poisoned outputs and compare with the f64 oracle.
+pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
+    let (q, k, v) = case.inputs(seed);
+    let want = reference::attention(&q, &k, &v, &case.attn)?;
+    let (qd, kd, vd) = (
+        Tensor::upload(ctx, &q)?,
+        Tensor::upload(ctx, &k)?,
+        Tensor::upload(ctx, &v)?,
+    );
+    let out = Output {
+        o: Tensor::zeros(ctx, q.shape, case.layout)?,
+        lse: Tensor::zeros(
+            ctx,
+            Shape::new(case.batch, case.q_heads, case.q_len, 1),
+            Layout::Bhsd,
+        )?,
+    };
+    out.o.fill(ctx, f32::NAN)?;
+    out.lse.fill(ctx, f32::NAN)?;
+    forward_into(ctx, &qd, &kd, &vd, &case.attn, &out)?;
+    let o = out.o.to_host(ctx)?;
+    let lse = out.lse.to_host(ctx)?;
+    let (rel, max_abs) = reference::compare(&o.data, &want.o);
+    let lse_max_abs = reference::compare_lse(&lse.data, &want.lse);
+    Ok(Errors {
+        rel,
+        max_abs,
+        lse_max_abs,
+    })
+}
+
+/// A seed from the clock, or `WGATTN_SEED` when set (to reproduce a failure).
+pub fn fresh_seed() -> u64 {
+    if let Some(s) = std::env::var("WGATTN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return s;
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x5eed)
+}
+
+/// ALiBi slopes as in the ALiBi paper: 2^(−8(h+1)/H).
+pub fn alibi_slopes(heads: usize) -> Vec<f32> {
+    (0..heads)
+        .map(|h| 2f32.powf(-8.0 * (h + 1) as f32 / heads as f32))
+        .collect()
+}
