@@ -23,12 +23,7 @@ pub struct Shape {
 impl Shape {
     /// `Shape { batch, heads, seq, head_dim }`.
     pub const fn new(batch: usize, heads: usize, seq: usize, head_dim: usize) -> Self {
-        Self {
-            batch,
-            heads,
-            seq,
-            head_dim,
-        }
+        Self { batch, heads, seq, head_dim }
     }
 
     /// Number of elements.
@@ -44,11 +39,7 @@ impl Shape {
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "[B={}, H={}, S={}, D={}]",
-            self.batch, self.heads, self.seq, self.head_dim
-        )
+        write!(f, "[B={}, H={}, S={}, D={}]", self.batch, self.heads, self.seq, self.head_dim)
     }
 }
 
@@ -65,12 +56,7 @@ pub enum Layout {
 impl Layout {
     /// Element strides of (batch, head, seq) for `shape`; the head-dim stride is always 1.
     pub fn strides(self, shape: Shape) -> [usize; 3] {
-        let Shape {
-            heads: h,
-            seq: s,
-            head_dim: d,
-            ..
-        } = shape;
+        let Shape { heads: h, seq: s, head_dim: d, .. } = shape;
         match self {
             Layout::Bhsd => [h * s * d, s * d, d],
             Layout::Bshd => [s * h * d, d, h * d],
@@ -90,9 +76,7 @@ impl std::str::FromStr for Layout {
         match s.to_ascii_lowercase().as_str() {
             "bhsd" => Ok(Layout::Bhsd),
             "bshd" => Ok(Layout::Bshd),
-            other => Err(Error::InvalidOption(format!(
-                "layout `{other}`: expected bhsd or bshd"
-            ))),
+            other => Err(Error::InvalidOption(format!("layout `{other}`: expected bhsd or bshd"))),
         }
     }
 }
@@ -175,9 +159,7 @@ impl Attention {
     /// Check Q, K, V shapes against each other and the options; returns the problem's sizes.
     pub fn validate(&self, q: Shape, k: Shape, v: Shape) -> Result<Problem> {
         if k != v {
-            return Err(Error::ShapeMismatch(format!(
-                "K is {k} but V is {v}: they must be equal"
-            )));
+            return Err(Error::ShapeMismatch(format!("K is {k} but V is {v}: they must be equal")));
         }
         if q.batch != k.batch {
             return Err(Error::ShapeMismatch(format!(
@@ -192,10 +174,7 @@ impl Attention {
             )));
         }
         if q.head_dim == 0 || q.head_dim > MAX_HEAD_DIM {
-            return Err(Error::HeadDimUnsupported {
-                head_dim: q.head_dim,
-                max: MAX_HEAD_DIM,
-            });
+            return Err(Error::HeadDimUnsupported { head_dim: q.head_dim, max: MAX_HEAD_DIM });
         }
         if k.heads == 0 || q.heads % k.heads != 0 {
             return Err(Error::ShapeMismatch(format!(
@@ -204,9 +183,7 @@ impl Attention {
             )));
         }
         if q.batch == 0 || q.heads == 0 || q.seq == 0 {
-            return Err(Error::ShapeMismatch(format!(
-                "Q {q} has an empty dimension"
-            )));
+            return Err(Error::ShapeMismatch(format!("Q {q} has an empty dimension")));
         }
         if k.seq == 0 {
             return Err(Error::ShapeMismatch(format!("K/V {k} has no keys")));
@@ -221,9 +198,7 @@ impl Attention {
         }
         if let Some(cap) = self.softcap {
             if !(cap.is_finite() && cap > 0.0) {
-                return Err(Error::InvalidOption(format!(
-                    "softcap {cap} must be finite and > 0"
-                )));
+                return Err(Error::InvalidOption(format!("softcap {cap} must be finite and > 0")));
             }
         }
         if let Some(lens) = &self.kv_lens {
@@ -250,9 +225,7 @@ impl Attention {
                 )));
             }
             if let Some(s) = slopes.iter().find(|s| !s.is_finite()) {
-                return Err(Error::InvalidOption(format!(
-                    "ALiBi slope {s} is not finite"
-                )));
+                return Err(Error::InvalidOption(format!("ALiBi slope {s} is not finite")));
             }
         }
         Ok(Problem {
@@ -328,11 +301,7 @@ impl HostTensor {
                 shape.len()
             )));
         }
-        Ok(Self {
-            data,
-            shape,
-            layout,
-        })
+        Ok(Self { data, shape, layout })
     }
 
     /// Element (b, h, s, d).

@@ -23,14 +23,14 @@ pub struct ContextOptions {
     pub backends: wgpu::Backends,
     /// Case-insensitive substring the adapter's name must contain.
     pub adapter_name: Option<String>,
+    /// Ask the device for these limits instead of the adapter's own (each value is capped at the
+    /// adapter's). Lower limits make the splitting paths testable on any machine.
+    pub limits: Option<wgpu::Limits>,
 }
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self {
-            backends: wgpu::Backends::all(),
-            adapter_name: None,
-        }
+        Self { backends: wgpu::Backends::all(), adapter_name: None, limits: None }
     }
 }
 
@@ -119,34 +119,26 @@ impl Context {
             .into_iter()
             .filter(|a| {
                 let info = a.get_info();
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| info.name.to_lowercase().contains(w))
-                    && a.get_downlevel_capabilities()
-                        .flags
-                        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+                wanted.as_ref().is_none_or(|w| info.name.to_lowercase().contains(w))
+                    && a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
             })
             .max_by_key(|a| rank(&a.get_info()))
             .ok_or_else(|| Error::NoAdapter {
                 detail: format!(
                     "backends {:?}{}; adapters present: {}",
                     options.backends,
-                    wanted
-                        .as_ref()
-                        .map(|w| format!(", name containing `{w}`"))
-                        .unwrap_or_default(),
-                    if found.is_empty() {
-                        "none".to_string()
-                    } else {
-                        found.join(", ")
-                    }
+                    wanted.as_ref().map(|w| format!(", name containing `{w}`")).unwrap_or_default(),
+                    if found.is_empty() { "none".to_string() } else { found.join(", ") }
                 ),
             })?;
         let info = adapter.get_info();
         let wanted_features =
             wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
         let features = adapter.features() & wanted_features;
-        let limits = adapter.limits();
+        let limits = match &options.limits {
+            Some(wanted) => wanted.clone().or_worse_values_from(&adapter.limits()),
+            None => adapter.limits(),
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-attention"),
@@ -173,11 +165,7 @@ impl Context {
             id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
             device,
             queue,
-            summary: AdapterSummary {
-                info,
-                features,
-                limits,
-            },
+            summary: AdapterSummary { info, features, limits },
             pipelines: Mutex::new(HashMap::new()),
             lost,
             uncaptured,
@@ -254,21 +242,13 @@ impl Context {
     pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         let index = self.scoped(|| self.queue.submit([encoder.finish()]))?;
         self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
             .map_err(|e| Error::Gpu(e.to_string()))?;
         self.check_alive()
     }
 
     /// Copy `size` bytes of `buffer` (which needs `COPY_SRC`) from `offset` back to the host.
-    pub(crate) fn read_bytes(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> Result<Vec<u8>> {
+    pub(crate) fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let staging = self.scoped(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("read-back staging"),
@@ -285,18 +265,13 @@ impl Context {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = sender.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::ReadBack(e.to_string()))?;
         match pollster::block_on(receiver.receive()) {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(Error::ReadBack(e.to_string())),
             None => return Err(Error::ReadBack("the map callback was dropped".into())),
         }
-        let bytes = slice
-            .get_mapped_range()
-            .map_err(|e| Error::ReadBack(e.to_string()))?
-            .to_vec();
+        let bytes = slice.get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?.to_vec();
         staging.unmap();
         Ok(bytes)
     }

@@ -54,14 +54,7 @@ pub fn attention(
     attn: &Attention,
 ) -> Result<HostOutput> {
     attn.validate(q.shape, k.shape, v.shape)?;
-    let (qd, kd, vd) = (
-        Tensor::upload(ctx, q)?,
-        Tensor::upload(ctx, k)?,
-        Tensor::upload(ctx, v)?,
-    );
+    let (qd, kd, vd) = (Tensor::upload(ctx, q)?, Tensor::upload(ctx, k)?, Tensor::upload(ctx, v)?);
     let out = forward(ctx, &qd, &kd, &vd, attn)?;
-    Ok(HostOutput {
-        o: out.o.to_host(ctx)?,
-        lse: out.lse.to_host(ctx)?.data,
-    })
+    Ok(HostOutput { o: out.o.to_host(ctx)?, lse: out.lse.to_host(ctx)?.data })
 }

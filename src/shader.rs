@@ -18,18 +18,14 @@ pub type Params = BTreeMap<&'static str, u32>;
 
 /// Specialise `source` (named `name` in errors) with `params`, unroll, and validate with naga.
 pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
-    let err = |message: String| Error::Shader {
-        name: name.to_string(),
-        message,
-    };
+    let err = |message: String| Error::Shader { name: name.to_string(), message };
     let mut lines: Vec<String> = Vec::new();
     let mut seen = 0;
     for line in source.lines() {
         match param_line(line) {
             Some((pname, rest)) => {
-                let value = params
-                    .get(pname)
-                    .ok_or_else(|| err(format!("no value given for @param {pname}")))?;
+                let value =
+                    params.get(pname).ok_or_else(|| err(format!("no value given for @param {pname}")))?;
                 seen += 1;
                 lines.push(format!("const {pname}: u32 = {value}u; // {rest}"));
             }
@@ -37,10 +33,7 @@ pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
         }
     }
     if seen != params.len() {
-        return Err(err(format!(
-            "{} params given but the shader declares {seen}",
-            params.len()
-        )));
+        return Err(err(format!("{} params given but the shader declares {seen}", params.len())));
     }
     let out = unroll(&lines, params).map_err(err)?;
     let text = out.join("\n");
@@ -55,12 +48,7 @@ fn param_line(line: &str) -> Option<(&str, &str)> {
     if !comment.starts_with("@param") {
         return None;
     }
-    let name = code
-        .trim()
-        .strip_prefix("const ")?
-        .split(':')
-        .next()?
-        .trim();
+    let name = code.trim().strip_prefix("const ")?.split(':').next()?.trim();
     Some((name, comment))
 }
 
@@ -94,9 +82,7 @@ fn unroll(lines: &[String], params: &Params) -> std::result::Result<Vec<String>,
             i += 1;
             continue;
         }
-        let header = lines
-            .get(i + 1)
-            .ok_or("`// @unroll` at the end of the file")?;
+        let header = lines.get(i + 1).ok_or("`// @unroll` at the end of the file")?;
         let (var, bound) =
             parse_for(header).ok_or_else(|| format!("`// @unroll` before `{}`", header.trim()))?;
         let count = match params.get(bound.as_str()) {
@@ -132,17 +118,11 @@ fn unroll(lines: &[String], params: &Params) -> std::result::Result<Vec<String>,
 
 /// Parse and validate WGSL with naga (the same front end wgpu uses).
 pub fn validate(name: &str, source: &str) -> Result<()> {
-    let err = |message: String| Error::Shader {
-        name: name.to_string(),
-        message,
-    };
+    let err = |message: String| Error::Shader { name: name.to_string(), message };
     let module = naga::front::wgsl::parse_str(source).map_err(|e| err(e.emit_to_string(source)))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| err(e.emit_to_string(source)))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .map_err(|e| err(e.emit_to_string(source)))?;
     Ok(())
 }
 
@@ -165,9 +145,6 @@ mod tests {
     #[test]
     fn missing_param_is_an_error() {
         let src = "const N: u32 = 2u; // @param\n";
-        assert!(matches!(
-            specialise("t", src, &Params::new()),
-            Err(Error::Shader { .. })
-        ));
+        assert!(matches!(specialise("t", src, &Params::new()), Err(Error::Shader { .. })));
     }
 }

@@ -22,27 +22,17 @@ impl Tensor {
     pub fn upload(ctx: &Context, host: &HostTensor) -> Result<Self> {
         let bytes = (host.data.len() * 4) as u64;
         check_buffer_size(ctx, "tensor", bytes)?;
-        let data: &[u8] = if host.data.is_empty() {
-            &[0u8; 4]
-        } else {
-            bytemuck::cast_slice(&host.data)
-        };
+        let data: &[u8] = if host.data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(&host.data) };
         let buffer = ctx.scoped(|| {
-            ctx.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("tensor"),
-                    contents: data,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                })
+            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("tensor"),
+                contents: data,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
         })?;
-        Ok(Self {
-            buffer,
-            shape: host.shape,
-            layout: host.layout,
-            context_id: ctx.id,
-        })
+        Ok(Self { buffer, shape: host.shape, layout: host.layout, context_id: ctx.id })
     }
 
     /// An uninitialised (zeroed) tensor on the device.
@@ -59,22 +49,14 @@ impl Tensor {
                 mapped_at_creation: false,
             })
         })?;
-        Ok(Self {
-            buffer,
-            shape,
-            layout,
-            context_id: ctx.id,
-        })
+        Ok(Self { buffer, shape, layout, context_id: ctx.id })
     }
 
     /// Overwrite the whole tensor with `value` (tests poison outputs with NaN this way).
     pub fn fill(&self, ctx: &Context, value: f32) -> Result<()> {
         self.check_context(ctx)?;
         let data = vec![value; self.shape.len().max(1)];
-        ctx.scoped(|| {
-            ctx.queue
-                .write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data))
-        })?;
+        ctx.scoped(|| ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data)))?;
         Ok(())
     }
 

@@ -66,9 +66,7 @@ impl Case {
     pub fn inputs(&self, seed: u64) -> (HostTensor, HostTensor, HostTensor) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut gen = |shape: Shape| {
-            let data = (0..shape.len())
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect();
+            let data = (0..shape.len()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             HostTensor::new(data, shape, self.layout).expect("length matches")
         };
         let qs = Shape::new(self.batch, self.q_heads, self.q_len, self.head_dim);
@@ -82,13 +80,7 @@ impl std::fmt::Display for Case {
         write!(
             f,
             "B{} Hq{} Hkv{} Nq{} Nk{} D{} {:?}",
-            self.batch,
-            self.q_heads,
-            self.kv_heads,
-            self.q_len,
-            self.kv_len,
-            self.head_dim,
-            self.layout
+            self.batch, self.q_heads, self.kv_heads, self.q_len, self.kv_len, self.head_dim, self.layout
         )?;
         let a = &self.attn;
         if let Some(c) = a.causal {
@@ -135,18 +127,10 @@ impl Errors {
 pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
     let (q, k, v) = case.inputs(seed);
     let want = reference::attention(&q, &k, &v, &case.attn)?;
-    let (qd, kd, vd) = (
-        Tensor::upload(ctx, &q)?,
-        Tensor::upload(ctx, &k)?,
-        Tensor::upload(ctx, &v)?,
-    );
+    let (qd, kd, vd) = (Tensor::upload(ctx, &q)?, Tensor::upload(ctx, &k)?, Tensor::upload(ctx, &v)?);
     let out = Output {
         o: Tensor::zeros(ctx, q.shape, case.layout)?,
-        lse: Tensor::zeros(
-            ctx,
-            Shape::new(case.batch, case.q_heads, case.q_len, 1),
-            Layout::Bhsd,
-        )?,
+        lse: Tensor::zeros(ctx, Shape::new(case.batch, case.q_heads, case.q_len, 1), Layout::Bhsd)?,
     };
     out.o.fill(ctx, f32::NAN)?;
     out.lse.fill(ctx, f32::NAN)?;
@@ -155,19 +139,12 @@ pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
     let lse = out.lse.to_host(ctx)?;
     let (rel, max_abs) = reference::compare(&o.data, &want.o);
     let lse_max_abs = reference::compare_lse(&lse.data, &want.lse);
-    Ok(Errors {
-        rel,
-        max_abs,
-        lse_max_abs,
-    })
+    Ok(Errors { rel, max_abs, lse_max_abs })
 }
 
 /// A seed from the clock, or `WGATTN_SEED` when set (to reproduce a failure).
 pub fn fresh_seed() -> u64 {
-    if let Some(s) = std::env::var("WGATTN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(s) = std::env::var("WGATTN_SEED").ok().and_then(|s| s.parse().ok()) {
         return s;
     }
     std::time::SystemTime::now()
@@ -178,7 +155,5 @@ pub fn fresh_seed() -> u64 {
 
 /// ALiBi slopes as in the ALiBi paper: 2^(−8(h+1)/H).
 pub fn alibi_slopes(heads: usize) -> Vec<f32> {
-    (0..heads)
-        .map(|h| 2f32.powf(-8.0 * (h + 1) as f32 / heads as f32))
-        .collect()
+    (0..heads).map(|h| 2f32.powf(-8.0 * (h + 1) as f32 / heads as f32)).collect()
 }

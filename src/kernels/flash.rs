@@ -44,15 +44,7 @@ impl TileConfig {
     pub fn choose(head_dim: usize, limits: &wgpu::Limits) -> Result<Self> {
         let tpr = if head_dim <= 64 { 4 } else { 8 };
         let d_pad = (head_dim as u32).div_ceil(4 * tpr) * 4 * tpr;
-        let candidates = [
-            (32, 32),
-            (16, 32),
-            (16, 16),
-            (8, 16),
-            (8, 8),
-            (4, 8),
-            (2, 8),
-        ];
+        let candidates = [(32, 32), (16, 32), (16, 16), (8, 16), (8, 8), (4, 8), (2, 8)];
         let mut smallest = 0;
         for (bq, bk) in candidates {
             let c = Self { bq, bk, tpr, d_pad };
@@ -153,14 +145,7 @@ pub struct Plan {
     pub chunk_kv_heads: usize,
 }
 
-fn element_range(
-    shape: Shape,
-    layout: Layout,
-    b0: usize,
-    nb: usize,
-    h0: usize,
-    nh: usize,
-) -> (u64, u64) {
+fn element_range(shape: Shape, layout: Layout, b0: usize, nb: usize, h0: usize, nh: usize) -> (u64, u64) {
     let [sb, sh, ss] = layout.strides(shape);
     let start = b0 * sb + h0 * sh;
     let last = (b0 + nb - 1) * sb + (h0 + nh - 1) * sh + (shape.seq - 1) * ss + shape.head_dim;
@@ -192,9 +177,7 @@ pub fn plan(
             }
         }
     };
-    n_splits = n_splits
-        .max(n_tiles.div_ceil(MAX_TILES_PER_SPLIT))
-        .clamp(1, n_tiles.max(1));
+    n_splits = n_splits.max(n_tiles.div_ceil(MAX_TILES_PER_SPLIT)).clamp(1, n_tiles.max(1));
     let tiles_per_split = n_tiles.div_ceil(n_splits).max(1);
     let n_splits = n_tiles.div_ceil(tiles_per_split).max(1);
 
@@ -203,11 +186,7 @@ pub fn plan(
         let q = element_range(p.q_shape(), q_layout, 0, nb, 0, nh * g);
         let kv = element_range(p.kv_shape(), kv_layout, 0, nb, 0, nh);
         let rows = (nb * nh * g * p.q_len) as u64;
-        let partial = if n_splits > 1 {
-            rows * n_splits as u64 * p.head_dim as u64 * 4
-        } else {
-            0
-        };
+        let partial = if n_splits > 1 { rows * n_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
         window_bytes(ctx, q.0, q.1) <= max_binding
             && window_bytes(ctx, kv.0, kv.1) <= max_binding
             && window_bytes(ctx, 0, rows) <= max_binding
@@ -216,13 +195,7 @@ pub fn plan(
     let (chunk_batches, chunk_kv_heads) = if fits(p.batch, p.kv_heads) {
         (p.batch, p.kv_heads)
     } else if fits(1, p.kv_heads) {
-        (
-            (1..=p.batch)
-                .rev()
-                .find(|&nb| fits(nb, p.kv_heads))
-                .unwrap_or(1),
-            p.kv_heads,
-        )
+        ((1..=p.batch).rev().find(|&nb| fits(nb, p.kv_heads)).unwrap_or(1), p.kv_heads)
     } else {
         match (1..=p.kv_heads).rev().find(|&nh| fits(1, nh)) {
             Some(nh) => (1, nh),
@@ -240,13 +213,7 @@ pub fn plan(
             }
         }
     };
-    Ok(Plan {
-        tiles,
-        n_splits,
-        tiles_per_split,
-        chunk_batches,
-        chunk_kv_heads,
-    })
+    Ok(Plan { tiles, n_splits, tiles_per_split, chunk_batches, chunk_kv_heads })
 }
 
 fn strides4(layout: Layout, shape: Shape) -> [u32; 4] {
@@ -255,21 +222,11 @@ fn strides4(layout: Layout, shape: Shape) -> [u32; 4] {
 }
 
 /// Attention forward on device tensors: O (in Q's layout) and LSE, freshly allocated.
-pub fn forward(
-    ctx: &Context,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    attn: &Attention,
-) -> Result<Output> {
+pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
     let p = attn.validate(q.shape, k.shape, v.shape)?;
     let out = Output {
         o: Tensor::zeros(ctx, p.q_shape(), q.layout)?,
-        lse: Tensor::zeros(
-            ctx,
-            Shape::new(p.batch, p.q_heads, p.q_len, 1),
-            Layout::Bhsd,
-        )?,
+        lse: Tensor::zeros(ctx, Shape::new(p.batch, p.q_heads, p.q_len, 1), Layout::Bhsd)?,
     };
     forward_into(ctx, q, k, v, attn, &out)?;
     Ok(out)
@@ -296,18 +253,11 @@ pub fn forward_into(
     }
     let p = attn.validate(q.shape, k.shape, v.shape)?;
     if out.o.shape != p.q_shape() {
-        return Err(Error::ShapeMismatch(format!(
-            "O is {} but Q is {}",
-            out.o.shape,
-            p.q_shape()
-        )));
+        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", out.o.shape, p.q_shape())));
     }
     let lse_shape = Shape::new(p.batch, p.q_heads, p.q_len, 1);
     if out.lse.shape != lse_shape {
-        return Err(Error::ShapeMismatch(format!(
-            "LSE is {} but must be {lse_shape}",
-            out.lse.shape
-        )));
+        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", out.lse.shape)));
     }
     let (o, lse) = (&out.o, &out.lse);
     let plan = plan(ctx, &p, attn, q.layout, k.layout)?;
@@ -322,13 +272,11 @@ pub fn forward_into(
     if let Some(s) = &attn.alibi_slopes {
         aux.extend(s.iter().map(|x| x.to_bits()));
     }
-    let aux = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("attention aux"),
-            contents: bytemuck::cast_slice(&aux),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let aux = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("attention aux"),
+        contents: bytemuck::cast_slice(&aux),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
 
     // partial states for split key ranges, sized for the largest chunk
     let chunk_rows = (plan.chunk_batches * plan.chunk_kv_heads * g * p.q_len) as u64;
@@ -344,10 +292,7 @@ pub fn forward_into(
                 mapped_at_creation: false,
             })
         };
-        Some((
-            make("partial O", o_bytes),
-            make("partial LSE", chunk_rows * ns * 4),
-        ))
+        Some((make("partial O", o_bytes), make("partial LSE", chunk_rows * ns * 4)))
     } else {
         None
     };
@@ -429,45 +374,22 @@ pub fn forward_into(
                     o_res = ow.binding(&o.buffer);
                     lse_res = lw.binding(&lse.buffer);
                 }
-                let uniform = ctx
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("forward params"),
-                        contents: bytemuck::bytes_of(&fp),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
+                let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("forward params"),
+                    contents: bytemuck::bytes_of(&fp),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
                 let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("flash forward"),
                     layout: &layout,
                     entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: uniform.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: qw.binding(&q.buffer),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: kw.binding(&k.buffer),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 3,
-                            resource: vw.binding(&v.buffer),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 4,
-                            resource: aux.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 5,
-                            resource: o_res,
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 6,
-                            resource: lse_res,
-                        },
+                        wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
+                        wgpu::BindGroupEntry { binding: 1, resource: qw.binding(&q.buffer) },
+                        wgpu::BindGroupEntry { binding: 2, resource: kw.binding(&k.buffer) },
+                        wgpu::BindGroupEntry { binding: 3, resource: vw.binding(&v.buffer) },
+                        wgpu::BindGroupEntry { binding: 4, resource: aux.as_entire_binding() },
+                        wgpu::BindGroupEntry { binding: 5, resource: o_res },
+                        wgpu::BindGroupEntry { binding: 6, resource: lse_res },
                     ],
                 });
                 pass.set_pipeline(&pipeline);
@@ -488,12 +410,8 @@ pub fn forward_into(
                         lse_stride_h: p.q_len as u32,
                         ..Default::default()
                     };
-                    let bufs = MergeBuffers {
-                        part_o: po,
-                        part_lse: pl,
-                        o: (&o.buffer, ow),
-                        lse: (&lse.buffer, lw),
-                    };
+                    let bufs =
+                        MergeBuffers { part_o: po, part_lse: pl, o: (&o.buffer, ow), lse: (&lse.buffer, lw) };
                     merge::encode(ctx, &mut pass, mp, &bufs)?;
                 }
             }

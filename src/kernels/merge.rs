@@ -50,37 +50,20 @@ pub(crate) fn encode(
     params.grid_x = gx;
     params.o_base = buffers.o.1.base;
     params.lse_base = buffers.lse.1.base;
-    let uniform = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("merge params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+    let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("merge params"),
+        contents: bytemuck::bytes_of(&params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
     let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("merge"),
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniform.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: buffers.part_o.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: buffers.part_lse.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 3,
-                resource: buffers.o.1.binding(buffers.o.0),
-            },
-            wgpu::BindGroupEntry {
-                binding: 4,
-                resource: buffers.lse.1.binding(buffers.lse.0),
-            },
+            wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: buffers.part_o.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: buffers.part_lse.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 3, resource: buffers.o.1.binding(buffers.o.0) },
+            wgpu::BindGroupEntry { binding: 4, resource: buffers.lse.1.binding(buffers.lse.0) },
         ],
     });
     pass.set_pipeline(&pipeline);

@@ -22,16 +22,14 @@ pub(crate) fn pipeline(
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(text.into()),
         });
-        Ok(
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            }),
-        )
+        Ok(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        }))
     })
 }
 
@@ -50,11 +48,7 @@ impl Window {
         let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
         let offset = (start * 4) / align * align;
         let size = ((end * 4).min(buffer.size()) - offset).max(4);
-        Self {
-            offset,
-            size,
-            base: (offset / 4) as u32,
-        }
+        Self { offset, size, base: (offset / 4) as u32 }
     }
 
     pub fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {

@@ -1,1 +1,198 @@
-fn main() {}
+//! `wgattn`: the command-line face of `wgpu-attention`.
+//!
+//! - `wgattn info` describes the adapter the library picks (and the limits its kernels care about);
+//! - `wgattn check` runs a randomised suite of the GPU kernel against the f64 oracle on that
+//!   adapter;
+//! - `wgattn run` computes attention on NumPy `.npy` files, on the GPU or with the CPU oracle.
+//!
+//! This file holds the argument definitions, the dispatch and the exit codes:
+//! 0 success, 1 `check` found a failing case, 2 any error (bad arguments, bad input files, no
+//! adapter, a library error). Errors are printed to stderr as one `error: ...` line.
+
+mod check;
+mod info;
+mod npy;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wgpu_attention::{Causal, Layout};
+
+/// Exit code of a `check` with failing cases.
+const EXIT_FAILED: u8 = 1;
+/// Exit code of every error (clap's usage errors use it too).
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wgattn",
+    version,
+    about = "Fused attention kernels on wgpu: adapter info, self-check, and attention on .npy files",
+    after_help = "Adapter choice: WGATTN_BACKEND (vulkan,metal,dx12,gl) and WGATTN_ADAPTER (a \
+                  substring of the adapter name) override the default. RUST_LOG=info shows the \
+                  library's log."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the adapter, its enabled features and the limits the kernels depend on.
+    Info,
+    /// Run a randomised suite of the GPU kernel against the f64 CPU oracle on this adapter.
+    Check(CheckArgs),
+    /// Compute attention on .npy files (float32, C order, 4-D).
+    Run(RunArgs),
+}
+
+/// Options of `wgattn check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Seed of the random inputs (default: WGATTN_SEED, else the clock). Printed first, so a
+    /// failing run can be reproduced.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run a short subset of the suite.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Options of `wgattn run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Queries: [B, Hq, Nq, D] (bhsd) or [B, Nq, Hq, D] (bshd).
+    #[arg(long, value_name = "Q.npy")]
+    pub q: PathBuf,
+    /// Keys: [B, Hkv, Nk, D] (bhsd) or [B, Nk, Hkv, D] (bshd); Hkv must divide Hq.
+    #[arg(long, value_name = "K.npy")]
+    pub k: PathBuf,
+    /// Values: same shape as K.
+    #[arg(long, value_name = "V.npy")]
+    pub v: PathBuf,
+    /// Output O, float32, same shape and layout as Q.
+    #[arg(long, value_name = "O.npy")]
+    pub out: PathBuf,
+    /// Also write the log-sum-exp of each row, float32 [B, Hq, Nq] (-inf for a row with no key).
+    #[arg(long, value_name = "LSE.npy")]
+    pub lse: Option<PathBuf>,
+    /// Memory order of the Q, K, V and O files.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Bhsd, ignore_case = true)]
+    pub layout: LayoutArg,
+    /// Softmax scale (default 1/sqrt(D)).
+    #[arg(long, allow_negative_numbers = true)]
+    pub scale: Option<f32>,
+    /// Causal mask; `--causal` alone means bottom-right (FlashAttention), `--causal=top-left` is
+    /// PyTorch's `is_causal=True`.
+    #[arg(
+        long,
+        value_enum,
+        num_args = 0..=1,
+        default_missing_value = "bottom-right",
+        value_name = "ALIGN"
+    )]
+    pub causal: Option<CausalArg>,
+    /// Per-batch key lengths (key padding), comma separated, one per batch.
+    #[arg(long, value_delimiter = ',', value_name = "L0,L1,...")]
+    pub kv_lens: Option<Vec<u32>>,
+    /// ALiBi slopes: a 1-D float32 .npy with one slope per query head.
+    #[arg(long, value_name = "SLOPES.npy")]
+    pub alibi_slopes: Option<PathBuf>,
+    /// Logit soft-capping value (> 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub softcap: Option<f32>,
+    /// GPU only: split the key range into N parts (default: automatic).
+    #[arg(long, value_name = "N")]
+    pub num_splits: Option<u32>,
+    /// Where to compute: the GPU kernel, or the f64 CPU oracle (slow; rounded to f32).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    pub device: DeviceArg,
+}
+
+/// `--layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// [batch, heads, seq, head_dim] (PyTorch's scaled_dot_product_attention).
+    Bhsd,
+    /// [batch, seq, heads, head_dim] (FlashAttention).
+    Bshd,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(l: LayoutArg) -> Self {
+        match l {
+            LayoutArg::Bhsd => Layout::Bhsd,
+            LayoutArg::Bshd => Layout::Bshd,
+        }
+    }
+}
+
+/// `--causal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CausalArg {
+    /// Query i sees keys j <= i + Nk - Nq.
+    BottomRight,
+    /// Query i sees keys j <= i.
+    TopLeft,
+}
+
+impl From<CausalArg> for Causal {
+    fn from(c: CausalArg) -> Self {
+        match c {
+            CausalArg::BottomRight => Causal::BottomRight,
+            CausalArg::TopLeft => Causal::TopLeft,
+        }
+    }
+}
+
+/// `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The fused WGSL kernel on the adapter.
+    Gpu,
+    /// The f64 CPU oracle.
+    Cpu,
+}
+
+/// Every error a subcommand can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Reading or writing a .npy file.
+    #[error(transparent)]
+    Npy(#[from] npy::NpyError),
+    /// The library refused the problem or the GPU failed.
+    #[error(transparent)]
+    Attention(#[from] wgpu_attention::Error),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("wgattn=warn,wgpu_attention=warn"),
+    )
+    .init();
+    let cli = Cli::parse();
+    let result =
+        match &cli.command {
+            Command::Info => info::info().map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => check::check(args).map(|all_passed| {
+                if all_passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }),
+            Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+        };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {}", one_line(&e.to_string()));
+        ExitCode::from(EXIT_ERROR)
+    })
+}
+
+/// `msg` on one line: wgpu's validation errors span several.
+fn one_line(msg: &str) -> String {
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}

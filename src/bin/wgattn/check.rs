@@ -1,0 +1,181 @@
+//! `wgattn check`: the GPU kernel against the f64 oracle on the user's adapter.
+//!
+//! Every case runs through [`wgpu_attention::testing::run_case`] (outputs poisoned with NaN before
+//! the kernel, so an unwritten element fails) and must pass [`Errors::pass`] at `1e-5`. The suite
+//! covers odd sizes for every supported kind of head dim, both causal alignments, GQA/MQA, key
+//! padding with an empty batch (O = 0, LSE = −∞), ALiBi, soft-capping, the BSHD layout, forced
+//! key splits, and long key ranges that trip lavapipe's 65,535-loop-iteration limit when a kernel
+//! does not split them. `--quick` runs a representative subset.
+
+use std::time::Instant;
+
+use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
+use wgpu_attention::{Attention, Causal, Context, Layout};
+
+use crate::{CheckArgs, CliError};
+
+/// Tolerance of [`Errors::pass`] (relative; the absolute ones derive from it).
+const TOLERANCE: f64 = 1e-5;
+
+/// Run the suite; `Ok(true)` when every case passed.
+pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    println!("seed: {seed} (reproduce with `wgattn check --seed {seed}`)");
+    let ctx = Context::new()?;
+    let info = &ctx.adapter().info;
+    println!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+
+    let cases = if args.quick { quick() } else { full() };
+    let names: Vec<String> = cases.iter().map(ToString::to_string).collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
+    println!("{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}  result", "case", "rel", "max abs", "lse abs", "time");
+    println!("{}", "-".repeat(width + 2 + 4 * 11 + 6));
+
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let started = Instant::now();
+    for (case, name) in cases.iter().zip(&names) {
+        let t = Instant::now();
+        let result = run_case(&ctx, case, seed);
+        let secs = t.elapsed().as_secs_f64();
+        let (cols, ok, note) = match result {
+            Ok(e) => (columns(&e), e.pass(TOLERANCE), String::new()),
+            Err(err) => {
+                let msg = err.to_string().lines().collect::<Vec<_>>().join(" ");
+                (["-"; 3].map(String::from), false, format!("  {msg}"))
+            }
+        };
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        let [rel, max_abs, lse] = cols;
+        println!(
+            "{name:<width$}  {rel:>9}  {max_abs:>9}  {lse:>9}  {secs:>6.2}s  {}{note}",
+            if ok { "PASS" } else { "FAIL" }
+        );
+    }
+    println!(
+        "{} cases in {:.1} s, tolerance rel {TOLERANCE:e}",
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        println!("reproduce with `wgattn check --seed {seed}`");
+    }
+    println!("check: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn columns(e: &Errors) -> [String; 3] {
+    [e.rel, e.max_abs, e.lse_max_abs].map(|x| format!("{x:.2e}"))
+}
+
+/// The full suite (about a minute on lavapipe).
+fn full() -> Vec<Case> {
+    let br = || Attention::new().causal(Causal::BottomRight);
+    let tl = || Attention::new().causal(Causal::TopLeft);
+    let mut cases = Vec::new();
+
+    // Every head-dim class (padding, tiles per row) at odd sizes, no options.
+    let sizes = [(113, 203), (128, 217), (108, 256), (256, 512), (512, 256)];
+    for (i, d) in [32, 40, 59, 64, 80, 96, 111, 128, 160, 256].into_iter().enumerate() {
+        let (nq, nk) = sizes[i % sizes.len()];
+        cases.push(Case::new(nq, nk, d).heads(1, 2, 2));
+    }
+
+    // The extremes of the supported head dims.
+    cases.extend([Case::new(113, 203, 1), Case::new(57, 77, 255).heads(1, 2, 1).attn(br())]);
+
+    // Causal, both alignments; Nq > Nk bottom-right leaves the first Nq - Nk rows keyless.
+    cases.extend([
+        Case::new(113, 203, 64).attn(br()),
+        Case::new(113, 203, 64).attn(tl()),
+        Case::new(512, 256, 128).attn(br()),
+        Case::new(512, 256, 128).attn(tl()),
+        Case::new(256, 512, 40).attn(tl()),
+        Case::new(256, 512, 96).attn(br()),
+    ]);
+
+    // GQA and MQA.
+    cases.extend([
+        Case::new(113, 203, 64).heads(2, 4, 2),
+        Case::new(128, 217, 80).heads(2, 4, 2).attn(br()),
+        Case::new(108, 256, 128).heads(2, 4, 1),
+        Case::new(113, 203, 59).heads(1, 4, 1).attn(tl()),
+    ]);
+
+    // Key padding, with an empty batch: its rows must be O = 0, LSE = -inf.
+    cases.extend([
+        Case::new(113, 203, 64).heads(3, 2, 1).attn(Attention::new().kv_lens(vec![203, 0, 77])),
+        Case::new(128, 217, 128).heads(3, 2, 2).attn(br().kv_lens(vec![100, 0, 217])),
+        Case::new(113, 203, 40).heads(2, 2, 2).attn(tl().kv_lens(vec![0, 150]).num_splits(3)),
+    ]);
+
+    // ALiBi.
+    cases.extend([
+        Case::new(113, 203, 64).heads(1, 4, 4).attn(Attention::new().alibi_slopes(alibi_slopes(4))),
+        Case::new(128, 217, 80).heads(2, 8, 2).attn(br().alibi_slopes(alibi_slopes(8))),
+        Case::new(113, 203, 64)
+            .heads(2, 4, 4)
+            .attn(br().kv_lens(vec![150, 40]).alibi_slopes(alibi_slopes(4))),
+    ]);
+
+    // Soft-capping, with a scale large enough for the cap to bite.
+    cases.extend([
+        Case::new(128, 217, 64).attn(Attention::new().scale(2.0).softcap(20.0)),
+        Case::new(113, 203, 128).heads(1, 4, 2).attn(tl().scale(2.0).softcap(20.0)),
+    ]);
+
+    // BSHD layout.
+    cases.extend([
+        Case::new(113, 203, 59).heads(2, 4, 2).layout(Layout::Bshd).attn(tl().num_splits(3)),
+        Case::new(256, 512, 128).heads(2, 4, 4).layout(Layout::Bshd).attn(br()),
+        Case::new(108, 256, 256)
+            .heads(2, 4, 1)
+            .layout(Layout::Bshd)
+            .attn(Attention::new().kv_lens(vec![256, 0])),
+    ]);
+
+    // Forced key splits, including more splits than key tiles.
+    cases.extend([
+        Case::new(113, 203, 64).attn(Attention::new().num_splits(3)),
+        Case::new(128, 217, 256).attn(br().num_splits(3)),
+        Case::new(113, 64, 32).attn(Attention::new().num_splits(7)),
+    ]);
+
+    // Decoding-like: one query against a long cache (automatic splits), and a single key.
+    cases.extend([Case::new(1, 4097, 128).heads(1, 8, 2).attn(br()), Case::new(97, 1, 64).heads(1, 2, 2)]);
+
+    cases.extend(long());
+    cases
+}
+
+/// Long key ranges: one invocation looping over all of them would exceed lavapipe's silent limit
+/// of 65,535 loop iterations. Small Nq keeps the oracle cheap.
+fn long() -> Vec<Case> {
+    vec![
+        Case::new(64, 20_000, 64).attn(Attention::new().num_splits(1)),
+        Case::new(16, 70_000, 32),
+        Case::new(16, 70_000, 32).attn(Attention::new().causal(Causal::BottomRight).num_splits(1)),
+    ]
+}
+
+/// A representative subset (a few seconds on lavapipe).
+fn quick() -> Vec<Case> {
+    vec![
+        Case::new(113, 203, 64),
+        Case::new(512, 256, 128).attn(Attention::new().causal(Causal::BottomRight)),
+        Case::new(113, 203, 59)
+            .heads(2, 4, 2)
+            .layout(Layout::Bshd)
+            .attn(Attention::new().causal(Causal::TopLeft).num_splits(3)),
+        Case::new(108, 256, 256).heads(2, 4, 1),
+        Case::new(113, 203, 40).heads(3, 2, 1).attn(Attention::new().kv_lens(vec![203, 0, 77])),
+        Case::new(128, 217, 80)
+            .heads(1, 4, 4)
+            .attn(Attention::new().causal(Causal::BottomRight).alibi_slopes(alibi_slopes(4))),
+        Case::new(128, 217, 64).attn(Attention::new().scale(2.0).softcap(20.0)),
+        Case::new(16, 70_000, 32),
+    ]
+}

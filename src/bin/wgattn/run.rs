@@ -1,0 +1,84 @@
+//! `wgattn run`: attention on `.npy` files.
+//!
+//! Q, K and V are 4-D float32 files in the `--layout` order (`[B, H, N, D]` for bhsd,
+//! `[B, N, H, D]` for bshd). O is written in Q's shape and layout, LSE as `[B, Hq, Nq]`. The
+//! problem is validated before any adapter is opened, so bad input fails fast with the library's
+//! message, and `--device cpu` never touches the GPU.
+
+use std::path::Path;
+
+use wgpu_attention::cpu::reference;
+use wgpu_attention::{Attention, Context, HostTensor, Layout, Shape};
+
+use crate::npy;
+use crate::{CliError, DeviceArg, RunArgs};
+
+/// Read the inputs, compute O (and LSE), write the outputs.
+pub fn run(args: &RunArgs) -> Result<(), CliError> {
+    let layout = Layout::from(args.layout);
+    let (q, q_dims) = load(&args.q, layout)?;
+    let (k, _) = load(&args.k, layout)?;
+    let (v, _) = load(&args.v, layout)?;
+    let attn = options(args)?;
+    let p = attn.validate(q.shape, k.shape, v.shape)?;
+
+    let (o, lse) = match args.device {
+        DeviceArg::Gpu => {
+            let ctx = Context::new()?;
+            log::info!("running on {}", ctx.adapter().info.name);
+            let out = wgpu_attention::attention(&ctx, &q, &k, &v, &attn)?;
+            (out.o.data, out.lse)
+        }
+        DeviceArg::Cpu => {
+            if attn.num_splits.is_some() {
+                log::warn!("--num-splits only affects the GPU path; ignored with --device cpu");
+            }
+            let r = reference::attention(&q, &k, &v, &attn)?;
+            let narrow = |x: Vec<f64>| x.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+            (narrow(r.o), narrow(r.lse))
+        }
+    };
+
+    npy::write_f32(&args.out, &q_dims, &o)?;
+    if let Some(path) = &args.lse {
+        npy::write_f32(path, &[p.batch, p.q_heads, p.q_len], &lse)?;
+    }
+    Ok(())
+}
+
+/// A 4-D float32 file as a tensor in `layout`, with the file's own dimensions.
+fn load(path: &Path, layout: Layout) -> Result<(HostTensor, Vec<usize>), CliError> {
+    let a = npy::read_f32(path, 4)?;
+    let d = &a.shape;
+    let shape = match layout {
+        Layout::Bhsd => Shape::new(d[0], d[1], d[2], d[3]),
+        Layout::Bshd => Shape::new(d[0], d[2], d[1], d[3]),
+    };
+    let dims = a.shape.clone();
+    Ok((HostTensor::new(a.data, shape, layout)?, dims))
+}
+
+/// The [`Attention`] options of the command line.
+fn options(args: &RunArgs) -> Result<Attention, CliError> {
+    let mut attn = Attention::new();
+    if let Some(scale) = args.scale {
+        attn = attn.scale(scale);
+    }
+    if let Some(causal) = args.causal {
+        attn = attn.causal(causal.into());
+    }
+    if let Some(lens) = &args.kv_lens {
+        attn = attn.kv_lens(lens.clone());
+    }
+    if let Some(path) = &args.alibi_slopes {
+        let slopes = npy::read_f32(path, 1)?;
+        attn = attn.alibi_slopes(slopes.data);
+    }
+    if let Some(cap) = args.softcap {
+        attn = attn.softcap(cap);
+    }
+    if let Some(n) = args.num_splits {
+        attn = attn.num_splits(n);
+    }
+    Ok(attn)
+}

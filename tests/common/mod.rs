@@ -1,0 +1,44 @@
+//! Shared test helpers: one context per test binary (so pipelines compile once), and `check`, which
+//! runs a case on the GPU with NaN-poisoned outputs against the f64 oracle on fresh random inputs.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use wgpu_attention::testing::{fresh_seed, run_case, Case};
+use wgpu_attention::Context;
+
+/// f32 tolerance on ‖out−ref‖/‖ref‖ (max abs error must be under 100× this, LSE under 10×).
+pub const F32_REL_TOL: f64 = 1e-5;
+
+/// The shared context. A machine without an adapter FAILS here, with instructions.
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| match Context::new() {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "GPU tests need an adapter and found none: {e}\n\
+             (on Debian/Ubuntu: `apt-get install -y mesa-vulkan-drivers` gives lavapipe)"
+        ),
+    })
+}
+
+/// Run `case` on `ctx` with two fresh seeds and assert both match the oracle.
+pub fn check_on(ctx: &Context, case: &Case) {
+    let seed = fresh_seed();
+    for s in [seed, seed.wrapping_add(1)] {
+        let e = run_case(ctx, case, s).unwrap_or_else(|err| panic!("{case}: {err}"));
+        eprintln!("{case} seed={s}: rel={:.2e} max_abs={:.2e} lse={:.2e}", e.rel, e.max_abs, e.lse_max_abs);
+        assert!(
+            e.pass(F32_REL_TOL),
+            "{case} (reproduce with WGATTN_SEED={s}): rel {:.3e}, max abs {:.3e}, lse max abs {:.3e}",
+            e.rel,
+            e.max_abs,
+            e.lse_max_abs
+        );
+    }
+}
+
+/// `check_on` with the shared context.
+pub fn check(case: &Case) {
+    check_on(ctx(), case)
+}
