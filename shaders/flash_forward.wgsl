@@ -9,8 +9,9 @@
 // them. The kernel itself does not know: it writes O/l and LSE at `*_stride_split · split`.
 //
 // Tiling: one workgroup owns BQ "packed" query rows of one (batch, kv head): packed row
-// p ∈ [0, G·Nq) is query i = p mod Nq of head h = kv_head·G + p / Nq, so a K/V tile loaded once
-// serves every query head of its GQA group. Keys stream in tiles of BK through workgroup memory
+// p ∈ [0, G·R) is query i = p mod R of head h = kv_head·G + p / R, so a K/V tile loaded once
+// serves every query head of its GQA group. R (rows_per_head) is Nq when short queries are packed
+// across heads, else Nq rounded up to BQ so that no tile straddles two heads (rows i ≥ Nq idle). Keys stream in tiles of BK through workgroup memory
 // (K, then V in the same array); S and P tiles live in workgroup memory too.
 // Workgroup size: BQ·TPR invocations; invocation (r, t) owns row r and the O columns
 // dv ≡ t (mod TPR) (as vec4s), and scores c ≡ t (mod TPR) of each tile.
@@ -39,12 +40,14 @@ struct Params {
     kv_len: u32,
     head_dim: u32,
     group: u32,
+    rows_per_head: u32,    // Nq (heads packed into tiles) or Nq rounded up to BQ
     // chunk of (batch, kv head) pairs this dispatch covers
     batch0: u32,
     batches: u32,
     kv_head0: u32,
     kv_heads: u32,
-    q_tiles: u32,          // ceil(G·Nq / BQ)
+    q_tile0: u32,          // first query tile of the chunk
+    q_tiles: u32,          // query tiles in the chunk (of ceil(G·Nq / BQ) per head group)
     n_splits: u32,
     tiles_per_split: u32,
     grid_x: u32,
@@ -59,7 +62,9 @@ struct Params {
     v_base: u32,
     o_base: u32,
     lse_base: u32,
-    _pad: u32,
+    wg_offset: u32,        // linear id of this dispatch's first workgroup
+    _pad0: u32,
+    _pad1: u32,
     q_stride: vec4<u32>,   // (batch, head, seq, -)
     k_stride: vec4<u32>,
     v_stride: vec4<u32>,
@@ -114,20 +119,21 @@ fn load4_v(base: u32, d0: u32) -> vec4<f32> {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     // ---- which (batch, kv head, query tile, key split) this workgroup owns
-    let wid = wg_id.x + wg_id.y * params.grid_x;
+    let wid = params.wg_offset + wg_id.x + wg_id.y * params.grid_x;
     let total = params.batches * params.kv_heads * params.q_tiles * params.n_splits;
     if (wid >= total) {
         return;
     }
     let split = wid % params.n_splits;
     let rest = wid / params.n_splits;
-    let q_tile_idx = rest % params.q_tiles;
+    let q_tile_idx = params.q_tile0 + rest % params.q_tiles;
     let pair = rest / params.q_tiles;
     let kv_head = params.kv_head0 + pair % params.kv_heads;
     let batch = params.batch0 + pair / params.kv_heads;
 
     let q_len = params.q_len;
-    let packed_rows = params.group * q_len;
+    let rph = params.rows_per_head;       // Nq, or Nq rounded up to BQ when heads are not packed
+    let packed_rows = params.group * rph;
     let kv_len_b = aux[batch];            // keys at or past this are invisible
     var offset = 0i;                      // query i sees keys j <= i + offset (causal)
     if (params.causal == 2u) {
@@ -139,9 +145,9 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
     let t = tid % TPR;
     let p0 = q_tile_idx * BQ;
     let my_p = p0 + r;
-    let row_valid = my_p < packed_rows;
-    let my_h = kv_head * params.group + min(my_p, packed_rows - 1u) / q_len;
-    let my_i = min(my_p, packed_rows - 1u) % q_len;
+    let my_h = kv_head * params.group + min(my_p, packed_rows - 1u) / rph;
+    let my_i = min(min(my_p, packed_rows - 1u) % rph, q_len - 1u);
+    let row_valid = my_p < packed_rows && my_p % rph < q_len;
     var slope = 0.0;
     if (params.use_alibi != 0u) {
         slope = bitcast<f32>(aux[params.alibi_offset + my_h]);
@@ -149,9 +155,9 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
 
     // ---- the key range every row of the tile may need: [0, key_end)
     let p_last = min(p0 + BQ, packed_rows) - 1u;
-    var i_min = p0 % q_len;
-    var i_max = p_last % q_len;
-    if (p0 / q_len != p_last / q_len) {   // the tile wraps into the next head
+    var i_min = min(p0 % rph, q_len - 1u);
+    var i_max = min(p_last % rph, q_len - 1u);
+    if (p0 / rph != p_last / rph) {       // the tile wraps into the next head
         i_min = 0u;
         i_max = q_len - 1u;
     }
@@ -173,9 +179,9 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
             let dv = e % DV;
             let p = p0 + row;
             var val = vec4<f32>(0.0);
-            if (p < packed_rows) {
-                let h = kv_head * params.group + p / q_len;
-                let i = p % q_len;
+            if (p < packed_rows && p % rph < q_len) {
+                let h = kv_head * params.group + p / rph;
+                let i = p % rph;
                 let base = batch * q_elem.x + h * q_elem.y + i * q_elem.z - params.q_base;
                 val = load4_q(base, dv * 4u) * params.scale;
             }

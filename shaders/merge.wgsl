@@ -3,20 +3,28 @@
 // contribute nothing; a row whose every split is −∞ gets O = 0, LSE = −∞.
 //
 // Layout (f32): partial O [rows, n_splits, D] and partial LSE [rows, n_splits], rows in
-// (batch, head, query) order of the chunk; final O by strides like Q's, LSE [B, Hq, Nq].
+// (batch, kv head, packed row p = (h − kv_head·G)·Nq + i) order of the chunk; final O by strides like Q's, LSE [B, Hq, Nq].
 // One invocation per (row, d) element; workgroup size 64; the invocation with d = 0 also
 // writes the row's LSE. The only loop runs over n_splits (bounded by the host).
 
 struct Params {
-    rows: u32,          // rows in this chunk: batches · q_heads · q_len
+    rows: u32,           // partial rows in this chunk
+    row0: u32,           // first packed row of each head group in the chunk
+    rows_per_group: u32, // packed rows per (batch, kv head) in the chunk
     head_dim: u32,
     n_splits: u32,
-    grid_x: u32,        // workgroups along x (the dispatch is 2D when large)
-    q_heads: u32,       // heads in this chunk
+    grid_x: u32,         // workgroups along x (the dispatch is 2D when large)
+    group: u32,          // query heads per kv head
+    kv_heads: u32,       // kv heads in the chunk
     q_len: u32,
+    rows_per_head: u32,  // packed rows per head (Nq, or Nq rounded up to the query tile)
     batch0: u32,
-    head0: u32,
-    o_stride: vec4<u32>,   // (batch, head, seq, -) of the final O
+    kv_head0: u32,
+    wg_offset: u32,      // linear id of this dispatch's first workgroup
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    o_stride: vec4<u32>, // (batch, head, seq, -) of the final O
     o_base: u32,
     lse_base: u32,
     lse_stride_b: u32,
@@ -31,7 +39,7 @@ struct Params {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let e = (wg_id.x + wg_id.y * params.grid_x) * 64u + tid;
+    let e = (params.wg_offset + wg_id.x + wg_id.y * params.grid_x) * 64u + tid;
     if (e >= params.rows * params.head_dim) {
         return;
     }
@@ -58,10 +66,16 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         }
     }
 
-    let i = row % params.q_len;
-    let bh = row / params.q_len;
-    let h = params.head0 + bh % params.q_heads;
-    let b = params.batch0 + bh / params.q_heads;
+    // local row -> (batch, kv head, packed row p) -> (head, query)
+    let per_batch = params.rows_per_group * params.kv_heads;
+    let b = params.batch0 + row / per_batch;
+    let kvh = params.kv_head0 + (row % per_batch) / params.rows_per_group;
+    let p = params.row0 + row % params.rows_per_group;
+    let h = kvh * params.group + p / params.rows_per_head;
+    let i = p % params.rows_per_head;
+    if (i >= params.q_len) {
+        return;   // a padding row: no query
+    }
     var out = 0.0;
     if (sum > 0.0) {
         out = acc / sum;

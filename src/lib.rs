@@ -6,7 +6,7 @@
 //! `O = softmax(scale·Q·Kᵀ + mask/bias)·V` is computed FlashAttention-style: one kernel streams
 //! K/V tiles with an online softmax and never materialises the Nq×Nk matrix.
 //!
-//! ```no_run
+//! ```
 //! use wgpu_attention::{Attention, Causal, Context, HostTensor, Layout, Shape};
 //!
 //! # fn main() -> Result<(), wgpu_attention::Error> {
@@ -29,6 +29,11 @@ pub mod kernels;
 pub mod shader;
 pub mod tensor;
 pub mod testing;
+
+/// The README's examples run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 pub use attention::{Attention, Causal, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
 pub use context::{AdapterSummary, Context, ContextOptions};

@@ -146,3 +146,18 @@ fn long_key_ranges() {
 fn long_queries_and_keys() {
     check(&Case::new(4100, 4097, 64).attn(Attention::new().causal(Causal::BottomRight)));
 }
+
+#[test]
+fn one_context_serves_several_threads() {
+    let ctx = common::ctx();
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            s.spawn(move || {
+                let causal = [None, Some(Causal::BottomRight), Some(Causal::TopLeft)][t];
+                let mut attn = Attention::new();
+                attn.causal = causal;
+                common::check_on(ctx, &Case::new(90 + t, 130, 64).heads(1, 2, 1).attn(attn));
+            });
+        }
+    });
+}

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::merge::{self, MergeBuffers, MergeParams};
-use super::{grid, pipeline, window_bytes, Window};
+use super::{dispatches, pipeline, window_bytes, Window};
 use crate::attention::{Attention, Causal, Layout, Problem, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -70,6 +70,11 @@ impl TileConfig {
         (self.bq * dv + self.bk * dv) * 16 + 2 * self.bq * self.bk * 4
     }
 
+    /// The WGSL of this specialisation (validated by naga).
+    pub fn specialised_source(&self) -> Result<String> {
+        crate::shader::specialise("flash_forward.wgsl", SOURCE, &self.params())
+    }
+
     fn params(&self) -> Params {
         let wg = self.bq * self.tpr;
         let dv = self.d_pad / 4;
@@ -94,10 +99,12 @@ struct ForwardParams {
     kv_len: u32,
     head_dim: u32,
     group: u32,
+    rows_per_head: u32,
     batch0: u32,
     batches: u32,
     kv_head0: u32,
     kv_heads: u32,
+    q_tile0: u32,
     q_tiles: u32,
     n_splits: u32,
     tiles_per_split: u32,
@@ -113,7 +120,8 @@ struct ForwardParams {
     v_base: u32,
     o_base: u32,
     lse_base: u32,
-    _pad: u32,
+    wg_offset: u32,
+    _pad: [u32; 2],
     q_stride: [u32; 4],
     k_stride: [u32; 4],
     v_stride: [u32; 4],
@@ -131,7 +139,7 @@ pub struct Output {
 }
 
 /// How one call is cut into dispatches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Tiles of the kernel.
     pub tiles: TileConfig,
@@ -139,12 +147,29 @@ pub struct Plan {
     pub n_splits: u32,
     /// Key tiles per split.
     pub tiles_per_split: u32,
-    /// Batches per dispatch chunk.
-    pub chunk_batches: usize,
-    /// K/V heads per dispatch chunk.
-    pub chunk_kv_heads: usize,
+    /// Pieces of the problem whose tensors each fit one storage binding.
+    pub chunks: Vec<Chunk>,
 }
 
+/// A piece of one call: batches `b0..b0+nb`, K/V heads `kh0..kh0+nkh`, and query tiles
+/// `t0..t0+nt` of each head group's packed rows (a sub-range only when `nb = nkh = 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// First batch.
+    pub b0: usize,
+    /// Batches.
+    pub nb: usize,
+    /// First K/V head.
+    pub kh0: usize,
+    /// K/V heads.
+    pub nkh: usize,
+    /// First query tile.
+    pub t0: usize,
+    /// Query tiles.
+    pub nt: usize,
+}
+
+/// Element range `[start, end)` of batches `b0..b0+nb`, heads `h0..h0+nh`, all rows.
 fn element_range(shape: Shape, layout: Layout, b0: usize, nb: usize, h0: usize, nh: usize) -> (u64, u64) {
     let [sb, sh, ss] = layout.strides(shape);
     let start = b0 * sb + h0 * sh;
@@ -152,7 +177,65 @@ fn element_range(shape: Shape, layout: Layout, b0: usize, nb: usize, h0: usize, 
     (start as u64, last as u64)
 }
 
-/// Plan a call: tiles, key splits, and chunks of (batch, kv head) that fit the binding limits.
+/// Query-side geometry: each K/V head's group of G query heads is a run of G·R "packed" rows,
+/// R = `rph` rows per head (Nq when short queries are packed across heads, else Nq rounded up to
+/// the query tile so that no tile straddles two heads), cut into tiles of `bq` rows.
+struct Rows {
+    shape: Shape,
+    group: usize,
+    bq: usize,
+    rph: usize,
+}
+
+impl Rows {
+    fn new(shape: Shape, group: usize, bq: usize) -> Self {
+        let rph = if shape.seq < bq { shape.seq } else { shape.seq.next_multiple_of(bq) };
+        Self { shape, group, bq, rph }
+    }
+    fn packed(&self) -> usize {
+        self.group * self.rph
+    }
+    fn tiles(&self) -> usize {
+        self.packed().div_ceil(self.bq)
+    }
+    /// Packed rows `[p0, p1)` of a chunk (within each head group).
+    fn rows(&self, c: &Chunk) -> (usize, usize) {
+        (c.t0 * self.bq, ((c.t0 + c.nt) * self.bq).min(self.packed()))
+    }
+    /// (head within the group, query) of packed row `p`, the query clipped to the last real one.
+    fn split(&self, p: usize) -> (usize, usize) {
+        (p / self.rph, (p % self.rph).min(self.shape.seq - 1))
+    }
+    /// Element range of Q or O (strides of `layout`) that chunk `c` touches.
+    fn range(&self, layout: Layout, c: &Chunk) -> (u64, u64) {
+        let [sb, sh, ss] = layout.strides(self.shape);
+        let (p0, p1) = self.rows(c);
+        let ((hf, i0), (hl, i1)) = (self.split(p0), self.split(p1 - 1));
+        let n = self.shape.seq;
+        let first = (hf..=hl).map(|h| h * sh + if h == hf { i0 } else { 0 } * ss).min().unwrap();
+        let last = (hf..=hl).map(|h| h * sh + if h == hl { i1 } else { n - 1 } * ss).max().unwrap();
+        let g = self.group;
+        let start = c.b0 * sb + c.kh0 * g * sh + first;
+        let end = (c.b0 + c.nb - 1) * sb + (c.kh0 + c.nkh - 1) * g * sh + last + self.shape.head_dim;
+        (start as u64, end as u64)
+    }
+    /// Element range of LSE `[B, Hq, Nq]` that chunk `c` touches.
+    fn lse_range(&self, c: &Chunk) -> (u64, u64) {
+        let (hq, n, g) = (self.shape.heads, self.shape.seq, self.group);
+        let (p0, p1) = self.rows(c);
+        let ((hf, i0), (hl, i1)) = (self.split(p0), self.split(p1 - 1));
+        let start = (c.b0 * hq + c.kh0 * g + hf) * n + i0;
+        let end = ((c.b0 + c.nb - 1) * hq + (c.kh0 + c.nkh - 1) * g + hl) * n + i1 + 1;
+        (start as u64, end as u64)
+    }
+    /// Packed rows (padding included) summed over the chunk's heads and batches.
+    fn count(&self, c: &Chunk) -> u64 {
+        let (p0, p1) = self.rows(c);
+        (c.nb * c.nkh * (p1 - p0)) as u64
+    }
+}
+
+/// Plan a call: tiles, key splits, and chunks whose tensors fit the binding limit.
 pub fn plan(
     ctx: &Context,
     p: &Problem,
@@ -162,14 +245,14 @@ pub fn plan(
 ) -> Result<Plan> {
     let limits = ctx.limits();
     let tiles = TileConfig::choose(p.head_dim, limits)?;
-    let g = p.group();
-    let q_tiles = (g * p.q_len).div_ceil(tiles.bq as usize) as u64;
+    let rows = Rows::new(p.q_shape(), p.group(), tiles.bq as usize);
+    let q_tiles = rows.tiles();
     let n_tiles = p.kv_len.div_ceil(tiles.bk as usize) as u32;
 
     let mut n_splits = match attn.num_splits {
         Some(n) => n.max(1),
         None => {
-            let wgs = (p.batch * p.kv_heads) as u64 * q_tiles;
+            let wgs = (p.batch * p.kv_heads * q_tiles) as u64;
             if wgs < MIN_WORKGROUPS && n_tiles >= 8 {
                 (MIN_WORKGROUPS.div_ceil(wgs) as u32).min(n_tiles / 4)
             } else {
@@ -182,38 +265,65 @@ pub fn plan(
     let n_splits = n_tiles.div_ceil(tiles_per_split).max(1);
 
     let max_binding = limits.max_storage_buffer_binding_size;
-    let fits = |nb: usize, nh: usize| -> bool {
-        let q = element_range(p.q_shape(), q_layout, 0, nb, 0, nh * g);
-        let kv = element_range(p.kv_shape(), kv_layout, 0, nb, 0, nh);
-        let rows = (nb * nh * g * p.q_len) as u64;
-        let partial = if n_splits > 1 { rows * n_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
+    let fits = |c: &Chunk| -> bool {
+        let q = rows.range(q_layout, c);
+        let kv = element_range(p.kv_shape(), kv_layout, c.b0, c.nb, c.kh0, c.nkh);
+        let lse = rows.lse_range(c);
+        let partial = if n_splits > 1 { rows.count(c) * n_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
         window_bytes(ctx, q.0, q.1) <= max_binding
             && window_bytes(ctx, kv.0, kv.1) <= max_binding
-            && window_bytes(ctx, 0, rows) <= max_binding
+            && window_bytes(ctx, lse.0, lse.1) <= max_binding
             && partial <= max_binding
     };
-    let (chunk_batches, chunk_kv_heads) = if fits(p.batch, p.kv_heads) {
-        (p.batch, p.kv_heads)
-    } else if fits(1, p.kv_heads) {
-        ((1..=p.batch).rev().find(|&nb| fits(nb, p.kv_heads)).unwrap_or(1), p.kv_heads)
+    let whole = |b0, nb, kh0, nkh| Chunk { b0, nb, kh0, nkh, t0: 0, nt: q_tiles };
+    let mut chunks = Vec::new();
+    if fits(&whole(0, p.batch, 0, p.kv_heads)) {
+        chunks.push(whole(0, p.batch, 0, p.kv_heads));
+    } else if fits(&whole(0, 1, 0, p.kv_heads)) {
+        let nb = (1..=p.batch).rev().find(|&nb| fits(&whole(0, nb, 0, p.kv_heads))).unwrap_or(1);
+        chunks.extend((0..p.batch).step_by(nb).map(|b0| whole(b0, nb.min(p.batch - b0), 0, p.kv_heads)));
+    } else if let Some(nkh) = (1..=p.kv_heads).rev().find(|&n| fits(&whole(0, 1, 0, n))) {
+        for b0 in 0..p.batch {
+            chunks
+                .extend((0..p.kv_heads).step_by(nkh).map(|kh0| whole(b0, 1, kh0, nkh.min(p.kv_heads - kh0))));
+        }
     } else {
-        match (1..=p.kv_heads).rev().find(|&nh| fits(1, nh)) {
-            Some(nh) => (1, nh),
-            None => {
-                let kv = element_range(p.kv_shape(), kv_layout, 0, 1, 0, 1);
-                return Err(Error::LimitExceeded {
-                    what: format!(
-                        "one head of one batch ({} queries, {} keys, head dim {})",
-                        p.q_len, p.kv_len, p.head_dim
-                    ),
-                    limit: "max_storage_buffer_binding_size",
-                    needed: window_bytes(ctx, kv.0, kv.1),
-                    available: max_binding,
-                });
+        // query-row ranges of one (batch, kv head): the longest run of tiles that fits, in turn
+        for b0 in 0..p.batch {
+            for kh0 in 0..p.kv_heads {
+                let mut t0 = 0;
+                while t0 < q_tiles {
+                    let chunk = |nt| Chunk { b0, nb: 1, kh0, nkh: 1, t0, nt };
+                    let (mut lo, mut hi) = (0, q_tiles - t0); // largest nt in lo..=hi that fits
+                    while lo < hi {
+                        let mid = (lo + hi).div_ceil(2);
+                        if fits(&chunk(mid)) {
+                            lo = mid
+                        } else {
+                            hi = mid - 1
+                        }
+                    }
+                    if lo == 0 {
+                        let kv = element_range(p.kv_shape(), kv_layout, 0, 1, 0, 1);
+                        return Err(Error::LimitExceeded {
+                            what: format!(
+                                "one query tile against one K/V head ({} keys, head dim {}{})",
+                                p.kv_len,
+                                p.head_dim,
+                                if n_splits > 1 { format!(", {n_splits} key splits") } else { String::new() }
+                            ),
+                            limit: "max_storage_buffer_binding_size",
+                            needed: window_bytes(ctx, kv.0, kv.1),
+                            available: max_binding,
+                        });
+                    }
+                    chunks.push(chunk(lo));
+                    t0 += lo;
+                }
             }
         }
-    };
-    Ok(Plan { tiles, n_splits, tiles_per_split, chunk_batches, chunk_kv_heads })
+    }
+    Ok(Plan { tiles, n_splits, tiles_per_split, chunks })
 }
 
 fn strides4(layout: Layout, shape: Shape) -> [u32; 4] {
@@ -262,6 +372,7 @@ pub fn forward_into(
     let (o, lse) = (&out.o, &out.lse);
     let plan = plan(ctx, &p, attn, q.layout, k.layout)?;
     let g = p.group();
+    let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize);
 
     // aux: per-batch key lengths, then ALiBi slopes as f32 bits
     let mut aux: Vec<u32> = match &attn.kv_lens {
@@ -279,10 +390,10 @@ pub fn forward_into(
     });
 
     // partial states for split key ranges, sized for the largest chunk
-    let chunk_rows = (plan.chunk_batches * plan.chunk_kv_heads * g * p.q_len) as u64;
     let ns = plan.n_splits as u64;
     let partial = if ns > 1 {
-        let o_bytes = chunk_rows * ns * p.head_dim as u64 * 4;
+        let max_rows = plan.chunks.iter().map(|c| rows.count(c)).max().unwrap_or(1);
+        let o_bytes = max_rows * ns * p.head_dim as u64 * 4;
         check_buffer_size(ctx, "partial-output buffer", o_bytes)?;
         let make = |label, size| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -292,88 +403,85 @@ pub fn forward_into(
                 mapped_at_creation: false,
             })
         };
-        Some((make("partial O", o_bytes), make("partial LSE", chunk_rows * ns * 4)))
+        Some((make("partial O", o_bytes), make("partial LSE", max_rows * ns * 4)))
     } else {
         None
     };
 
     let pipeline = pipeline(ctx, "flash_forward.wgsl", SOURCE, &plan.tiles.params())?;
     let layout = pipeline.get_bind_group_layout(0);
-    let q_tiles = (g * p.q_len).div_ceil(plan.tiles.bq as usize) as u32;
 
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     let result = ctx.scoped(|| -> Result<()> {
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        for b0 in (0..p.batch).step_by(plan.chunk_batches) {
-            let nb = plan.chunk_batches.min(p.batch - b0);
-            for kh0 in (0..p.kv_heads).step_by(plan.chunk_kv_heads) {
-                let nkh = plan.chunk_kv_heads.min(p.kv_heads - kh0);
-                let h0 = kh0 * g;
-                let nh = nkh * g;
-                let rows = (nb * nh * p.q_len) as u64;
-                let qr = element_range(p.q_shape(), q.layout, b0, nb, h0, nh);
-                let kr = element_range(p.kv_shape(), k.layout, b0, nb, kh0, nkh);
-                let qw = Window::new(ctx, &q.buffer, qr.0, qr.1);
-                let kw = Window::new(ctx, &k.buffer, kr.0, kr.1);
-                let vw = Window::new(ctx, &v.buffer, kr.0, kr.1);
-                let or = element_range(p.q_shape(), o.layout, b0, nb, h0, nh);
-                let ow = Window::new(ctx, &o.buffer, or.0, or.1);
-                let lse_start = ((b0 * p.q_heads + h0) * p.q_len) as u64;
-                let lse_end = (((b0 + nb - 1) * p.q_heads + h0 + nh) * p.q_len) as u64;
-                let lw = Window::new(ctx, &lse.buffer, lse_start, lse_end);
-
-                let total = nb as u64 * nkh as u64 * q_tiles as u64 * ns;
-                let (gx, gy) = grid(ctx, total)?;
-                let mut fp = ForwardParams {
-                    q_len: p.q_len as u32,
-                    kv_len: p.kv_len as u32,
-                    head_dim: p.head_dim as u32,
-                    group: g as u32,
-                    batch0: b0 as u32,
-                    batches: nb as u32,
-                    kv_head0: kh0 as u32,
-                    kv_heads: nkh as u32,
-                    q_tiles,
-                    n_splits: plan.n_splits,
-                    tiles_per_split: plan.tiles_per_split,
-                    grid_x: gx,
-                    causal: match attn.causal {
-                        None => 0,
-                        Some(Causal::TopLeft) => 1,
-                        Some(Causal::BottomRight) => 2,
-                    },
-                    use_alibi: attn.alibi_slopes.is_some() as u32,
-                    alibi_offset,
-                    use_softcap: attn.softcap.is_some() as u32,
-                    scale: attn.scale_for(p.head_dim),
-                    softcap: attn.softcap.unwrap_or(1.0),
-                    q_base: qw.base,
-                    k_base: kw.base,
-                    v_base: vw.base,
-                    q_stride: strides4(q.layout, p.q_shape()),
-                    k_stride: strides4(k.layout, p.kv_shape()),
-                    v_stride: strides4(v.layout, p.kv_shape()),
-                    ..Default::default()
-                };
-                let (o_res, lse_res);
-                if let Some((po, pl)) = &partial {
-                    // partial layout [b - b0, h - h0, i, split, d] and [b - b0, h - h0, i, split]
-                    let d = p.head_dim as u32;
-                    let (nq, nhu, nsu) = (p.q_len as u32, nh as u32, plan.n_splits);
-                    fp.o_stride = [nhu * nq * nsu * d, nq * nsu * d, nsu * d, d];
-                    fp.o_base = b0 as u32 * fp.o_stride[0] + h0 as u32 * fp.o_stride[1];
-                    fp.lse_stride = [nhu * nq * nsu, nq * nsu, nsu, 1];
-                    fp.lse_base = b0 as u32 * fp.lse_stride[0] + h0 as u32 * fp.lse_stride[1];
-                    o_res = po.as_entire_binding();
-                    lse_res = pl.as_entire_binding();
-                } else {
-                    fp.o_stride = strides4(o.layout, p.q_shape());
-                    fp.o_base = ow.base;
-                    fp.lse_stride = [(p.q_heads * p.q_len) as u32, p.q_len as u32, 1, 0];
-                    fp.lse_base = lw.base;
-                    o_res = ow.binding(&o.buffer);
-                    lse_res = lw.binding(&lse.buffer);
-                }
+        for c in &plan.chunks {
+            let (p0, _) = rows.rows(c);
+            let kh = element_range(p.kv_shape(), k.layout, c.b0, c.nb, c.kh0, c.nkh);
+            let qw = Window::new(ctx, &q.buffer, rows.range(q.layout, c));
+            let kw = Window::new(ctx, &k.buffer, kh);
+            let vw = Window::new(ctx, &v.buffer, kh);
+            let ow = Window::new(ctx, &o.buffer, rows.range(o.layout, c));
+            let lw = Window::new(ctx, &lse.buffer, rows.lse_range(c));
+            let mut fp = ForwardParams {
+                q_len: p.q_len as u32,
+                kv_len: p.kv_len as u32,
+                head_dim: p.head_dim as u32,
+                group: g as u32,
+                rows_per_head: rows.rph as u32,
+                batch0: c.b0 as u32,
+                batches: c.nb as u32,
+                kv_head0: c.kh0 as u32,
+                kv_heads: c.nkh as u32,
+                q_tile0: c.t0 as u32,
+                q_tiles: c.nt as u32,
+                n_splits: plan.n_splits,
+                tiles_per_split: plan.tiles_per_split,
+                causal: match attn.causal {
+                    None => 0,
+                    Some(Causal::TopLeft) => 1,
+                    Some(Causal::BottomRight) => 2,
+                },
+                use_alibi: attn.alibi_slopes.is_some() as u32,
+                alibi_offset,
+                use_softcap: attn.softcap.is_some() as u32,
+                scale: attn.scale_for(p.head_dim),
+                softcap: attn.softcap.unwrap_or(1.0),
+                q_base: qw.base,
+                k_base: kw.base,
+                v_base: vw.base,
+                q_stride: strides4(q.layout, p.q_shape()),
+                k_stride: strides4(k.layout, p.kv_shape()),
+                v_stride: strides4(v.layout, p.kv_shape()),
+                ..Default::default()
+            };
+            let (o_res, lse_res);
+            if let Some((po, pl)) = &partial {
+                // partial states of packed row r = (b − b0, kv head − kh0, p − p0), in order:
+                // O at (r·n_splits + split)·D + d, LSE at r·n_splits + split. Expressed by strides
+                // over (batch, head, query, split): head h, query i is packed row (h − kh·G)·Nq + i.
+                let (d, rph, nsu) = (p.head_dim as u32, rows.rph as u32, plan.n_splits);
+                let (rows_per_kh, g) = ((rows.rows(c).1 - p0) as u32, g as u32);
+                let row = [rows_per_kh * c.nkh as u32, rph, 1];
+                let row0 = c.b0 as u32 * row[0] + (c.kh0 as u32 * g) * rph + p0 as u32;
+                // (kv head stride within the chunk is rows_per_kh = G·R whenever nkh > 1)
+                fp.o_stride = [row[0] * nsu * d, row[1] * nsu * d, nsu * d, d];
+                fp.o_base = row0 * nsu * d;
+                fp.lse_stride = [row[0] * nsu, row[1] * nsu, nsu, 1];
+                fp.lse_base = row0 * nsu;
+                o_res = po.as_entire_binding();
+                lse_res = pl.as_entire_binding();
+            } else {
+                fp.o_stride = strides4(o.layout, p.q_shape());
+                fp.o_base = ow.base;
+                fp.lse_stride = [(p.q_heads * p.q_len) as u32, p.q_len as u32, 1, 0];
+                fp.lse_base = lw.base;
+                o_res = ow.binding(&o.buffer);
+                lse_res = lw.binding(&lse.buffer);
+            }
+            let total = (c.nb * c.nkh * c.nt) as u64 * ns;
+            for (offset, gx, gy) in dispatches(ctx, total) {
+                fp.grid_x = gx;
+                fp.wg_offset = offset;
                 let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("forward params"),
                     contents: bytemuck::bytes_of(&fp),
@@ -388,32 +496,36 @@ pub fn forward_into(
                         wgpu::BindGroupEntry { binding: 2, resource: kw.binding(&k.buffer) },
                         wgpu::BindGroupEntry { binding: 3, resource: vw.binding(&v.buffer) },
                         wgpu::BindGroupEntry { binding: 4, resource: aux.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 5, resource: o_res },
-                        wgpu::BindGroupEntry { binding: 6, resource: lse_res },
+                        wgpu::BindGroupEntry { binding: 5, resource: o_res.clone() },
+                        wgpu::BindGroupEntry { binding: 6, resource: lse_res.clone() },
                     ],
                 });
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
+            }
 
-                if let Some((po, pl)) = &partial {
-                    let mp = MergeParams {
-                        rows: rows as u32,
-                        head_dim: p.head_dim as u32,
-                        n_splits: plan.n_splits,
-                        q_heads: nh as u32,
-                        q_len: p.q_len as u32,
-                        batch0: b0 as u32,
-                        head0: h0 as u32,
-                        o_stride: strides4(o.layout, p.q_shape()),
-                        lse_stride_b: (p.q_heads * p.q_len) as u32,
-                        lse_stride_h: p.q_len as u32,
-                        ..Default::default()
-                    };
-                    let bufs =
-                        MergeBuffers { part_o: po, part_lse: pl, o: (&o.buffer, ow), lse: (&lse.buffer, lw) };
-                    merge::encode(ctx, &mut pass, mp, &bufs)?;
-                }
+            if let Some((po, pl)) = &partial {
+                let mp = MergeParams {
+                    rows: rows.count(c) as u32,
+                    row0: p0 as u32,
+                    rows_per_group: (rows.rows(c).1 - p0) as u32,
+                    head_dim: p.head_dim as u32,
+                    n_splits: plan.n_splits,
+                    group: g as u32,
+                    kv_heads: c.nkh as u32,
+                    q_len: p.q_len as u32,
+                    rows_per_head: rows.rph as u32,
+                    batch0: c.b0 as u32,
+                    kv_head0: c.kh0 as u32,
+                    o_stride: strides4(o.layout, p.q_shape()),
+                    lse_stride_b: (p.q_heads * p.q_len) as u32,
+                    lse_stride_h: p.q_len as u32,
+                    ..Default::default()
+                };
+                let bufs =
+                    MergeBuffers { part_o: po, part_lse: pl, o: (&o.buffer, ow), lse: (&lse.buffer, lw) };
+                merge::encode(ctx, &mut pass, mp, &bufs)?;
             }
         }
         Ok(())

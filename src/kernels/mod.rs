@@ -44,7 +44,7 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub fn new(ctx: &Context, buffer: &wgpu::Buffer, start: u64, end: u64) -> Self {
+    pub fn new(ctx: &Context, buffer: &wgpu::Buffer, (start, end): (u64, u64)) -> Self {
         let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
         let offset = (start * 4) / align * align;
         let size = ((end * 4).min(buffer.size()) - offset).max(4);
@@ -65,18 +65,17 @@ pub(crate) fn window_bytes(ctx: &Context, start: u64, end: u64) -> u64 {
     (end - start) * 4 + ctx.limits().min_storage_buffer_offset_alignment as u64
 }
 
-/// 2D grid for `total` workgroups under the per-dimension limit: (x, y).
-pub(crate) fn grid(ctx: &Context, total: u64) -> Result<(u32, u32)> {
+/// Dispatches covering `total` workgroups under the per-dimension limit: `(first workgroup,
+/// x, y)` for each, with x·y workgroups (the shader skips linear ids past `total`).
+pub(crate) fn dispatches(ctx: &Context, total: u64) -> Vec<(u32, u32, u32)> {
     let max = ctx.limits().max_compute_workgroups_per_dimension as u64;
-    let x = total.clamp(1, max);
-    let y = total.div_ceil(x);
-    if y > max {
-        return Err(crate::error::Error::LimitExceeded {
-            what: format!("a dispatch of {total} workgroups"),
-            limit: "max_compute_workgroups_per_dimension (squared)",
-            needed: total,
-            available: max * max,
-        });
-    }
-    Ok((x as u32, y as u32))
+    let per = max * max;
+    (0..total.max(1))
+        .step_by(per as usize)
+        .map(|first| {
+            let n = (total - first).clamp(1, per);
+            let x = n.min(max);
+            (first as u32, x as u32, n.div_ceil(x) as u32)
+        })
+        .collect()
 }
