@@ -176,7 +176,7 @@ impl Attention {
         if q.head_dim == 0 || q.head_dim > MAX_HEAD_DIM {
             return Err(Error::HeadDimUnsupported { head_dim: q.head_dim, max: MAX_HEAD_DIM });
         }
-        if k.heads == 0 || q.heads % k.heads != 0 {
+        if k.heads == 0 || !q.heads.is_multiple_of(k.heads) {
             return Err(Error::ShapeMismatch(format!(
                 "Q has {} heads and K/V have {}: the K/V head count must divide the Q head count",
                 q.heads, k.heads

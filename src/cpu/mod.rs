@@ -1,3 +1,3 @@
-//! CPU paths. [`reference`] is the f64 oracle every GPU kernel is checked against.
+//! CPU paths. [`reference`](mod@reference) is the f64 oracle every GPU kernel is checked against.
 
 pub mod reference;
