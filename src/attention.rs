@@ -115,7 +115,8 @@ pub struct Attention {
     /// Logit soft-capping value (> 0).
     pub softcap: Option<f32>,
     /// GPU only: split the key range into this many parts, computed by separate workgroups and
-    /// merged by log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically.
+    /// merged by log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically. More
+    /// splits are used where one would exceed `kernels::flash::MAX_KEYS_PER_SPLIT` keys.
     pub num_splits: Option<u32>,
 }
 

@@ -178,7 +178,7 @@ fn bad_input_exits_2() {
     // K and V differ.
     assert_error(&run(&k, &p("k_d8.npy"), &[]), "shape mismatch");
     // Not 4-D.
-    assert_error(&run(&p("k_3d.npy"), &k, &[]), "dimensions");
+    assert_error(&run(&p("k_3d.npy"), &k, &[]), "4-D array is required");
     // Not float32.
     assert_error(&run(&p("k_f64.npy"), &k, &[]), "float64");
     // Missing file.

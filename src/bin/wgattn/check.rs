@@ -5,14 +5,17 @@
 //! covers odd sizes for every supported kind of head dim, both causal alignments, GQA/MQA, key
 //! padding with an empty batch (O = 0, LSE = −∞), ALiBi, soft-capping, the BSHD layout, forced
 //! key splits, and long key ranges that trip lavapipe's 65,535-loop-iteration limit when a kernel
-//! does not split them. `--quick` runs a representative subset.
+//! does not split them. A few cases with random sizes and options, drawn from the seed, follow the
+//! fixed ones. `--quick` runs a representative subset.
 
 use std::time::Instant;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
 use wgpu_attention::{Attention, Causal, Context, Layout};
 
-use crate::{CheckArgs, CliError};
+use crate::{one_line, CheckArgs, CliError};
 
 /// Tolerance of [`Errors::pass`] (relative; the absolute ones derive from it).
 const TOLERANCE: f64 = 1e-5;
@@ -25,11 +28,12 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
     let info = &ctx.adapter().info;
     println!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
 
-    let cases = if args.quick { quick() } else { full() };
+    let mut cases = if args.quick { quick() } else { full() };
+    cases.extend(random(seed, if args.quick { 2 } else { 12 }));
     let names: Vec<String> = cases.iter().map(ToString::to_string).collect();
     let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
     println!("{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}  result", "case", "rel", "max abs", "lse abs", "time");
-    println!("{}", "-".repeat(width + 2 + 4 * 11 + 6));
+    println!("{}", "-".repeat(width + 50));
 
     let (mut passed, mut failed) = (0usize, 0usize);
     let started = Instant::now();
@@ -39,10 +43,7 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
         let secs = t.elapsed().as_secs_f64();
         let (cols, ok, note) = match result {
             Ok(e) => (columns(&e), e.pass(TOLERANCE), String::new()),
-            Err(err) => {
-                let msg = err.to_string().lines().collect::<Vec<_>>().join(" ");
-                (["-"; 3].map(String::from), false, format!("  {msg}"))
-            }
+            Err(err) => (["-"; 3].map(String::from), false, format!("  {}", one_line(&err.to_string()))),
         };
         if ok {
             passed += 1;
@@ -71,7 +72,7 @@ fn columns(e: &Errors) -> [String; 3] {
     [e.rel, e.max_abs, e.lse_max_abs].map(|x| format!("{x:.2e}"))
 }
 
-/// The full suite (about a minute on lavapipe).
+/// The fixed cases of the full suite (5 to 15 s on lavapipe with the random ones).
 fn full() -> Vec<Case> {
     let br = || Attention::new().causal(Causal::BottomRight);
     let tl = || Attention::new().causal(Causal::TopLeft);
@@ -161,7 +162,7 @@ fn long() -> Vec<Case> {
     ]
 }
 
-/// A representative subset (a few seconds on lavapipe).
+/// The fixed cases of `--quick` (1 to 4 s on lavapipe with the random ones).
 fn quick() -> Vec<Case> {
     vec![
         Case::new(113, 203, 64),
@@ -178,4 +179,50 @@ fn quick() -> Vec<Case> {
         Case::new(128, 217, 64).attn(Attention::new().scale(2.0).softcap(20.0)),
         Case::new(16, 70_000, 32),
     ]
+}
+
+/// `n` cases with random sizes, layout and options drawn from `seed`, each small enough for the
+/// oracle (at most about 8M multiply-adds).
+fn random(seed: u64, n: usize) -> Vec<Case> {
+    const MAX_WORK: usize = 8 << 20;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    (0..n)
+        .map(|_| {
+            let head_dim = rng.random_range(1..=256);
+            let (batch, kv_heads, group) =
+                (rng.random_range(1..=3), rng.random_range(1..=2), rng.random_range(1..=3));
+            let q_heads = kv_heads * group;
+            let kv_len = rng.random_range(1..=600);
+            let per_query = batch * q_heads * kv_len * head_dim;
+            let q_len = rng.random_range(1..=300).min((MAX_WORK / per_query).max(1));
+            let mut attn = Attention::new();
+            attn.causal = [None, Some(Causal::BottomRight), Some(Causal::TopLeft)][rng.random_range(0..3)];
+            if rng.random_bool(0.4) {
+                // Some batches empty, some full, the rest anywhere in between.
+                let mut lens: Vec<u32> = (0..batch)
+                    .map(|_| match rng.random_range(0..4) {
+                        0 => 0,
+                        1 => kv_len as u32,
+                        _ => rng.random_range(0..=kv_len as u32),
+                    })
+                    .collect();
+                // A case whose every row is masked would compare zeros with zeros.
+                if lens.iter().all(|&l| l == 0) {
+                    lens[batch - 1] = kv_len as u32;
+                }
+                attn = attn.kv_lens(lens);
+            }
+            if rng.random_bool(0.3) {
+                attn = attn.alibi_slopes(alibi_slopes(q_heads));
+            }
+            if rng.random_bool(0.3) {
+                attn = attn.scale(2.0).softcap(rng.random_range(5..=30) as f32);
+            }
+            if rng.random_bool(0.3) {
+                attn = attn.num_splits(rng.random_range(1..=5));
+            }
+            let layout = if rng.random_bool(0.5) { Layout::Bhsd } else { Layout::Bshd };
+            Case::new(q_len, kv_len, head_dim).heads(batch, q_heads, kv_heads).layout(layout).attn(attn)
+        })
+        .collect()
 }

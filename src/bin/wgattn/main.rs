@@ -17,6 +17,7 @@ mod run;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wgpu_attention::{Causal, Layout};
 
@@ -173,19 +174,26 @@ fn main() -> ExitCode {
         env_logger::Env::default().default_filter_or("wgattn=warn,wgpu_attention=warn"),
     )
     .init();
-    let cli = Cli::parse();
-    let result =
-        match &cli.command {
-            Command::Info => info::info().map(|()| ExitCode::SUCCESS),
-            Command::Check(args) => check::check(args).map(|all_passed| {
-                if all_passed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }),
-            Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
-        };
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and a bare `wgattn`, which shows the help: clap's own output.
+        Err(e) if !e.use_stderr() || e.kind() == DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            // clap's message without its usage and hint paragraphs, on one line.
+            let rendered = e.render().to_string();
+            let message = rendered.split("\n\n").next().unwrap_or_default();
+            eprintln!("{} (see `wgattn --help`)", one_line(message));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = match &cli.command {
+        Command::Info => info::info().map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => {
+            check::check(args)
+                .map(|all_passed| if all_passed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+        }
+        Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+    };
     result.unwrap_or_else(|e| {
         eprintln!("error: {}", one_line(&e.to_string()));
         ExitCode::from(EXIT_ERROR)
@@ -193,6 +201,6 @@ fn main() -> ExitCode {
 }
 
 /// `msg` on one line: wgpu's validation errors span several.
-fn one_line(msg: &str) -> String {
+pub(crate) fn one_line(msg: &str) -> String {
     msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }

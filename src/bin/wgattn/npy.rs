@@ -51,7 +51,7 @@ pub enum NpyError {
     },
     /// The array has the wrong number of dimensions.
     #[error(
-        "{} has shape {shape:?} ({} dimensions), but {expected} dimensions are required",
+        "{} has shape {shape:?} ({}-D), but a {expected}-D array is required",
         .path.display(),
         .shape.len()
     )]
@@ -200,7 +200,20 @@ mod tests {
         w.extend([1.0, 2.0]).unwrap();
         w.finish().unwrap();
         let e = read_f32(&p64, 1).unwrap_err();
+        assert!(matches!(e, NpyError::DType { .. }));
         assert!(e.to_string().contains("float64 ('<f8')"), "{e}");
+        let pf = dir.join("f.npy");
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&[2, 3])
+            .order(npyz::Order::Fortran)
+            .writer(BufWriter::new(File::create(&pf).unwrap()))
+            .begin_nd()
+            .unwrap();
+        w.extend([0.0, 3.0, 1.0, 4.0, 2.0, 5.0]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(read_f32(&pf, 2).unwrap().data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+
         assert!(matches!(read_f32(&dir.join("missing.npy"), 4), Err(NpyError::Open { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
