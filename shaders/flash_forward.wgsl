@@ -4,7 +4,8 @@
 //
 // Tensor layout (f32; element strides come in `params`, the head-dim stride is always 1):
 //   Q, O  [B, Hq, Nq, D]      K, V  [B, Hkv, Nk, D]      LSE [B, Hq, Nq] (natural log)
-//   aux   u32 [kv_lens (B) | ALiBi slopes as f32 bits (Hq)]
+//   aux   u32 [kv_lens (B) | ALiBi slopes as f32 bits (Hq) | block table: (first entry, count)
+//         per list, entries (key block, bitmap offset), bitmaps] (see src/mask.rs: a list per (batch, head, query block) of key blocks to visit)
 // With a split key range (n_splits > 1) O and LSE point at partial buffers; `merge.wgsl` combines
 // them. The kernel itself does not know: it writes O/l and LSE at `*_stride_split · split`.
 //
@@ -34,6 +35,8 @@ const LN2: f32 = 0.6931471805599453;
 // Masked scores; anything at or below MASKED_CUT counts as masked.
 const MASKED: f32 = -1.0e30;
 const MASKED_CUT: f32 = -1.0e29;
+// A table entry without a bitmap is a full block.
+const NO_BITS: u32 = 0xffffffffu;
 
 struct Params {
     q_len: u32,
@@ -63,6 +66,14 @@ struct Params {
     o_base: u32,
     lse_base: u32,
     wg_offset: u32,        // linear id of this dispatch's first workgroup
+    use_table: u32,        // 1: visit the key blocks listed in the block table (aux)
+    block_size: u32,       // block edge S of the table (a multiple of BQ and BK)
+    table_batch: u32,      // 1 (broadcast) or B
+    table_heads: u32,      // 1 (broadcast) or Hq
+    q_blocks: u32,         // ceil(Nq / S)
+    lists_offset: u32,     // aux index of the lists: (first entry, entry count) per list
+    entries_offset: u32,   // aux index of the entries: (key block, bitmap offset or NO_BITS)
+    bits_offset: u32,      // aux index of the partial blocks' bitmaps (S/32 words per row)
     _pad0: u32,
     _pad1: u32,
     q_stride: vec4<u32>,   // (batch, head, seq, -)
@@ -165,7 +176,22 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
     if (params.causal != 0u) {
         key_end = u32(clamp(i32(i_max) + offset + 1, 0, i32(kv_len_b)));
     }
-    let n_tiles = (key_end + BK - 1u) / BK;
+    // ---- the key tiles to visit: [0, key_end) in tiles of BK, or the tiles of the listed blocks
+    var n_tiles = (key_end + BK - 1u) / BK;
+    var list_start = 0u;
+    var sub_tiles = 1u;
+    if (params.use_table != 0u) {
+        // with a table no tile straddles two heads or two query blocks (BQ divides S and R)
+        let tile_head = kv_head * params.group + p0 / rph;
+        let q_block = (p0 % rph) / params.block_size;
+        let tb = select(0u, batch, params.table_batch > 1u);
+        let th = select(0u, tile_head, params.table_heads > 1u);
+        let list = (tb * params.table_heads + th) * params.q_blocks + q_block;
+        list_start = aux[params.lists_offset + 2u * list];
+        sub_tiles = params.block_size / BK;
+        n_tiles = aux[params.lists_offset + 2u * list + 1u] * sub_tiles;
+    }
+    let row_in_block = my_i % max(params.block_size, 1u);
     let tile_begin = min(split * params.tiles_per_split, n_tiles);
     let tile_end = min(tile_begin + params.tiles_per_split, n_tiles);
 
@@ -198,9 +224,17 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
     }
 
     for (var tile = tile_begin; tile < tile_end; tile++) {
-        let k0 = tile * BK;
-        // Element masking is needed only where the tile crosses the key end or the causal edge.
-        let needs_mask = k0 + BK > kv_len_b
+        var k0 = tile * BK;
+        var bits_at = NO_BITS;
+        if (params.use_table != 0u) {
+            let entry = params.entries_offset + 2u * (list_start + tile / sub_tiles);
+            k0 = aux[entry] * params.block_size + (tile % sub_tiles) * BK;
+            bits_at = aux[entry + 1u];
+        }
+        // Element masking is needed only in partial blocks and where the tile crosses the key
+        // end or the causal edge.
+        let partial = bits_at != NO_BITS;
+        let needs_mask = partial || k0 + BK > kv_len_b
             || (params.causal != 0u && i32(k0 + BK - 1u) > i32(i_min) + offset);
 
         // 1. K tile -> workgroup memory
@@ -242,6 +276,12 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
                 var visible = key < kv_len_b;
                 if (params.causal != 0u) {
                     visible = visible && i32(key) <= i32(my_i) + offset;
+                }
+                if (partial) {
+                    let col = key % params.block_size;
+                    let word = aux[params.bits_offset + bits_at
+                        + row_in_block * (params.block_size / 32u) + col / 32u];
+                    visible = visible && ((word >> (col % 32u)) & 1u) == 1u;
                 }
                 s = select(MASKED, s, visible);
             }

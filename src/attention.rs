@@ -2,7 +2,10 @@
 //! validation. Every bad input becomes an [`Error`] here, before any GPU work is recorded, so the
 //! GPU path and the CPU oracle see exactly the same (valid) problem.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::mask::{BlockMask, Dims, Mask, BLOCK_SIZES};
 
 /// The largest head dimension the kernels support.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -118,6 +121,17 @@ pub struct Attention {
     /// merged by log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically. More
     /// splits are used where one would exceed `kernels::flash::MAX_KEYS_PER_SPLIT` keys.
     pub num_splits: Option<u32>,
+    /// A further element mask (window, documents, prefix, dense, patterns, ...), AND-ed with the
+    /// causal mask and key padding. The GPU lowers it to a [`BlockMask`] of
+    /// [`Attention::block_size`] per call; build one with [`BlockMask::build`] and set
+    /// [`Attention::block_mask`] to pay that once.
+    pub mask: Option<Mask>,
+    /// Block edge used when lowering `mask` (32, 64 or 128; default 64).
+    pub block_size: Option<usize>,
+    /// A prebuilt block mask (FlexAttention's `BlockMask`): the kernel visits only its listed key
+    /// blocks, testing elements only in partial ones. Visibility is AND-ed with causal, key
+    /// padding and `mask`.
+    pub block_mask: Option<Arc<BlockMask>>,
 }
 
 impl Attention {
@@ -154,6 +168,25 @@ impl Attention {
     /// Split the key range into `n` parts on the GPU (see [`Attention::num_splits`]).
     pub fn num_splits(mut self, n: u32) -> Self {
         self.num_splits = Some(n);
+        self
+    }
+
+    /// AND an element mask into this call.
+    pub fn mask(mut self, mask: Mask) -> Self {
+        self.mask = Some(match self.mask.take() {
+            Some(m) => m.and(mask),
+            None => mask,
+        });
+        self
+    }
+    /// Set the block edge used to lower `mask`.
+    pub fn block_size(mut self, size: usize) -> Self {
+        self.block_size = Some(size);
+        self
+    }
+    /// Use a prebuilt block mask.
+    pub fn block_mask(mut self, mask: Arc<BlockMask>) -> Self {
+        self.block_mask = Some(mask);
         self
     }
 
@@ -229,6 +262,20 @@ impl Attention {
                 return Err(Error::InvalidOption(format!("ALiBi slope {s} is not finite")));
             }
         }
+        let dims = Dims { batch: q.batch, heads: q.heads, q_len: q.seq, kv_len: k.seq };
+        if let Some(m) = &self.mask {
+            m.validate(dims)?;
+        }
+        if let Some(size) = self.block_size {
+            if !BLOCK_SIZES.contains(&size) {
+                return Err(Error::InvalidOption(format!(
+                    "block size {size} is not supported: use one of {BLOCK_SIZES:?}"
+                )));
+            }
+        }
+        if let Some(bm) = &self.block_mask {
+            bm.check(dims)?;
+        }
         Ok(Problem {
             batch: q.batch,
             q_heads: q.heads,
@@ -263,6 +310,10 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// The sizes a mask is evaluated against.
+    pub fn dims(&self) -> Dims {
+        Dims { batch: self.batch, heads: self.q_heads, q_len: self.q_len, kv_len: self.kv_len }
+    }
     /// Query heads per K/V head (1 for MHA, Hq for MQA).
     pub fn group(&self) -> usize {
         self.q_heads / self.kv_heads

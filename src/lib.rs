@@ -26,6 +26,7 @@ pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod kernels;
+pub mod mask;
 pub mod shader;
 pub mod tensor;
 pub mod testing;
@@ -39,6 +40,7 @@ pub use attention::{Attention, Causal, HostTensor, Layout, Problem, Shape, MAX_H
 pub use context::{AdapterSummary, Context, ContextOptions};
 pub use error::{Error, Result};
 pub use kernels::flash::{forward, forward_into, Output};
+pub use mask::{BlockMask, Mask};
 pub use tensor::Tensor;
 
 /// O and LSE on the host.

@@ -101,6 +101,15 @@ impl std::fmt::Display for Case {
         if let Some(n) = a.num_splits {
             write!(f, " splits={n}")?;
         }
+        if let Some(m) = &a.mask {
+            write!(f, " mask={}", mask_name(m))?;
+        }
+        if let Some(s) = a.block_size {
+            write!(f, " block={s}")?;
+        }
+        if let Some(bm) = &a.block_mask {
+            write!(f, " block_mask(size={}, density={:.2})", bm.size, bm.density())?;
+        }
         Ok(())
     }
 }
@@ -156,4 +165,23 @@ pub fn fresh_seed() -> u64 {
 /// ALiBi slopes as in the ALiBi paper: 2^(−8(h+1)/H).
 pub fn alibi_slopes(heads: usize) -> Vec<f32> {
     (0..heads).map(|h| 2f32.powf(-8.0 * (h + 1) as f32 / heads as f32)).collect()
+}
+
+/// A short name of a mask for tables and messages.
+pub fn mask_name(m: &crate::mask::Mask) -> String {
+    use crate::mask::Mask::*;
+    match m {
+        Window { left, right } => format!("window({left:?},{right:?})"),
+        Prefix(p) => format!("prefix({p})"),
+        Documents { .. } => "documents".into(),
+        Dense { batch, heads, .. } => format!("dense({batch}x{heads})"),
+        Blocks { size, .. } => format!("blocks({size})"),
+        Global(n) => format!("global({n})"),
+        Strided { stride } => format!("strided({stride})"),
+        Fixed { stride, c } => format!("fixed({stride},{c})"),
+        Dilated { window, dilation } => format!("dilated({window},{dilation})"),
+        RandomBlocks { size, count, seed } => format!("random({size},{count},{seed})"),
+        And(v) => format!("and({})", v.iter().map(mask_name).collect::<Vec<_>>().join(",")),
+        Or(v) => format!("or({})", v.iter().map(mask_name).collect::<Vec<_>>().join(",")),
+    }
 }

@@ -2,7 +2,7 @@
 //! It implements every option of [`Attention`] and is the ground truth of the tests and of
 //! `wgattn check`. It is slow on purpose: obviously right beats fast here.
 
-use crate::attention::{Attention, Causal, HostTensor, Layout};
+use crate::attention::{Attention, HostTensor, Layout};
 use crate::error::Result;
 
 /// Output of the oracle.
@@ -14,18 +14,8 @@ pub struct Reference {
     pub lse: Vec<f64>,
 }
 
-/// Whether query `i` may see key `j` in batch `b`, and the ALiBi distance `|i + L − Nq − j|`.
-/// `kv_len_b` is the effective key length of the batch (its `kv_lens` entry or Nk).
-pub fn visible(attn: &Attention, i: usize, j: usize, q_len: usize, kv_len_b: usize) -> bool {
-    if j >= kv_len_b {
-        return false;
-    }
-    match attn.causal {
-        None => true,
-        Some(Causal::TopLeft) => j <= i,
-        Some(Causal::BottomRight) => (j as i64) <= i as i64 + kv_len_b as i64 - q_len as i64,
-    }
-}
+/// The visibility predicate (key padding, causal, masks) shared with the block-mask builder.
+pub use crate::mask::visible;
 
 /// Compute attention in f64 on the host.
 pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attention) -> Result<Reference> {
@@ -35,6 +25,7 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attentio
     let mut o = vec![0.0f64; q.shape.len()];
     let mut lse = vec![f64::NEG_INFINITY; p.batch * p.q_heads * p.q_len];
     let d = p.head_dim;
+    let dims = p.dims();
     let mut scores = vec![0.0f64; p.kv_len];
     let mut acc = vec![0.0f64; d];
     for b in 0..p.batch {
@@ -54,7 +45,7 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attentio
                     let qi: Vec<f64> = (0..d).map(|x| q.at(b, h, i, x) as f64).collect();
                     let mut max = f64::NEG_INFINITY;
                     for (j, s_out) in scores.iter_mut().enumerate() {
-                        if !visible(attn, i, j, p.q_len, kv_len_b) {
+                        if !visible(attn, dims, b, h, i, j) {
                             *s_out = f64::NEG_INFINITY;
                             continue;
                         }

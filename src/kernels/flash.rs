@@ -13,6 +13,7 @@ use super::{dispatches, pipeline, window_bytes, Window};
 use crate::attention::{Attention, Causal, Layout, Problem, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::mask::BlockMask;
 use crate::shader::Params;
 use crate::tensor::{check_buffer_size, Tensor};
 
@@ -122,6 +123,14 @@ struct ForwardParams {
     o_base: u32,
     lse_base: u32,
     wg_offset: u32,
+    use_table: u32,
+    block_size: u32,
+    table_batch: u32,
+    table_heads: u32,
+    q_blocks: u32,
+    lists_offset: u32,
+    entries_offset: u32,
+    bits_offset: u32,
     _pad: [u32; 2],
     q_stride: [u32; 4],
     k_stride: [u32; 4],
@@ -189,8 +198,10 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(shape: Shape, group: usize, bq: usize) -> Self {
-        let rph = if shape.seq < bq { shape.seq } else { shape.seq.next_multiple_of(bq) };
+    /// `pack`: let short query runs share tiles across heads (not with a block table, whose
+    /// lists are per head and query block).
+    fn new(shape: Shape, group: usize, bq: usize, pack: bool) -> Self {
+        let rph = if pack && shape.seq < bq { shape.seq } else { shape.seq.next_multiple_of(bq) };
         Self { shape, group, bq, rph }
     }
     fn packed(&self) -> usize {
@@ -241,14 +252,19 @@ pub fn plan(
     ctx: &Context,
     p: &Problem,
     attn: &Attention,
+    table: Option<&BlockMask>,
     q_layout: Layout,
     kv_layout: Layout,
 ) -> Result<Plan> {
     let limits = ctx.limits();
     let tiles = TileConfig::choose(p.head_dim, limits)?;
-    let rows = Rows::new(p.q_shape(), p.group(), tiles.bq as usize);
+    let rows = Rows::new(p.q_shape(), p.group(), tiles.bq as usize, table.is_none());
     let q_tiles = rows.tiles();
-    let n_tiles = p.kv_len.div_ceil(tiles.bk as usize) as u32;
+    // key tiles of the longest row of tiles
+    let n_tiles = match table {
+        Some(t) => (t.max_list() * t.size / tiles.bk as usize) as u32,
+        None => p.kv_len.div_ceil(tiles.bk as usize) as u32,
+    };
 
     let mut n_splits = match attn.num_splits {
         Some(n) => n.max(1),
@@ -372,9 +388,19 @@ pub fn forward_into(
         return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", out.lse.shape)));
     }
     let (o, lse) = (&out.o, &out.lse);
-    let plan = plan(ctx, &p, attn, q.layout, k.layout)?;
+    // a mask is lowered to a block table (a prebuilt one is used as it is)
+    let built;
+    let table: Option<&BlockMask> = match (&attn.block_mask, &attn.mask) {
+        (Some(bm), None) => Some(bm),
+        (None, None) => None,
+        _ => {
+            built = BlockMask::build(attn, p.dims(), attn.block_size.unwrap_or(64))?;
+            Some(&built)
+        }
+    };
+    let plan = plan(ctx, &p, attn, table, q.layout, k.layout)?;
     let g = p.group();
-    let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize);
+    let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table.is_none());
 
     // aux: per-batch key lengths, then ALiBi slopes as f32 bits
     let mut aux: Vec<u32> = match &attn.kv_lens {
@@ -384,6 +410,40 @@ pub fn forward_into(
     let alibi_offset = aux.len() as u32;
     if let Some(s) = &attn.alibi_slopes {
         aux.extend(s.iter().map(|x| x.to_bits()));
+    }
+    let mut table_params = [0u32; 8];
+    if let Some(t) = table {
+        let lists_offset = aux.len() as u32;
+        let mut start = 0u32;
+        for list in &t.lists {
+            aux.extend([start, list.len() as u32]);
+            start += list.len() as u32;
+        }
+        let entries_offset = aux.len() as u32;
+        for e in t.lists.iter().flatten() {
+            aux.extend([e.key_block, e.bits.unwrap_or(u32::MAX)]);
+        }
+        let bits_offset = aux.len() as u32;
+        aux.extend_from_slice(&t.bits);
+        table_params = [
+            1,
+            t.size as u32,
+            t.batch as u32,
+            t.heads as u32,
+            t.q_blocks as u32,
+            lists_offset,
+            entries_offset,
+            bits_offset,
+        ];
+    }
+    let aux_bytes = (aux.len() * 4) as u64;
+    if aux_bytes > ctx.limits().max_storage_buffer_binding_size {
+        return Err(Error::LimitExceeded {
+            what: "the block table and bitmaps of the mask".into(),
+            limit: "max_storage_buffer_binding_size",
+            needed: aux_bytes,
+            available: ctx.limits().max_storage_buffer_binding_size,
+        });
     }
     let aux = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("attention aux"),
@@ -451,6 +511,14 @@ pub fn forward_into(
                 q_base: qw.base,
                 k_base: kw.base,
                 v_base: vw.base,
+                use_table: table_params[0],
+                block_size: table_params[1],
+                table_batch: table_params[2],
+                table_heads: table_params[3],
+                q_blocks: table_params[4],
+                lists_offset: table_params[5],
+                entries_offset: table_params[6],
+                bits_offset: table_params[7],
                 q_stride: strides4(q.layout, p.q_shape()),
                 k_stride: strides4(k.layout, p.kv_shape()),
                 v_stride: strides4(v.layout, p.kv_shape()),
