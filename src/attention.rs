@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::mask::{BlockMask, Dims, Mask, BLOCK_SIZES};
+use crate::mask::{BlockMask, Dims, Mask, TopK, BLOCK_SIZES};
 
 /// The largest head dimension the kernels support.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -132,6 +132,9 @@ pub struct Attention {
     /// blocks, testing elements only in partial ones. Visibility is AND-ed with causal, key
     /// padding and `mask`.
     pub block_mask: Option<Arc<BlockMask>>,
+    /// Dynamic top-k block sparsity, chosen from Q and K on every call (cannot be combined with
+    /// `mask` or `block_mask`).
+    pub topk: Option<TopK>,
 }
 
 impl Attention {
@@ -182,6 +185,11 @@ impl Attention {
     /// Set the block edge used to lower `mask`.
     pub fn block_size(mut self, size: usize) -> Self {
         self.block_size = Some(size);
+        self
+    }
+    /// Attend to the `k` best key blocks of `block_size` per query block, chosen from the data.
+    pub fn topk(mut self, k: usize, block_size: usize) -> Self {
+        self.topk = Some(TopK { k, block_size, sink: false });
         self
     }
     /// Use a prebuilt block mask.
@@ -275,6 +283,14 @@ impl Attention {
         }
         if let Some(bm) = &self.block_mask {
             bm.check(dims)?;
+        }
+        if let Some(t) = &self.topk {
+            t.validate()?;
+            if self.mask.is_some() || self.block_mask.is_some() {
+                return Err(Error::InvalidOption(
+                    "top-k block selection cannot be combined with a mask or a block mask".into(),
+                ));
+            }
         }
         Ok(Problem {
             batch: q.batch,

@@ -104,6 +104,46 @@ pub enum Mask {
     Or(Vec<Mask>),
 }
 
+/// The largest `k` of [`TopK`].
+pub const TOPK_MAX: usize = 32;
+
+/// Dynamic block sparsity (MoBA / Native Sparse Attention style): on every call each query block
+/// attends to the `k` key blocks whose mean key scores best against the block's mean query.
+///
+/// Selection, per (batch, query head, query block of `block_size` rows), identically on the GPU
+/// (f32) and in the oracle (f64): pool queries and keys by the mean over each block (keys only below
+/// the batch's key length); score `scale · q̄ · k̄`; a key block is *eligible* when it holds a key
+/// below the key length and, with a causal mask, its first key is visible to the block's last
+/// query. Always keep the *local* block (holding the aligned position of the block's last query,
+/// bottom-right aligned unless the causal mask is top-left) and, with `sink`, block 0; fill up to `k`
+/// with the best other eligible blocks by score, ties going to the lower block index. Within the
+/// chosen blocks the causal mask and key padding still apply element by element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopK {
+    /// Key blocks per query block (1..=32), forced ones included.
+    pub k: usize,
+    /// Block edge (32, 64 or 128).
+    pub block_size: usize,
+    /// Always keep key block 0 (an attention sink).
+    pub sink: bool,
+}
+
+impl TopK {
+    /// Fails for k outside 1..=32 or an unsupported block size.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.k > TOPK_MAX {
+            return Err(Error::InvalidOption(format!("top-k: k = {} must be in 1..={TOPK_MAX}", self.k)));
+        }
+        if !BLOCK_SIZES.contains(&self.block_size) {
+            return Err(Error::InvalidOption(format!(
+                "top-k block size {} is not supported: use one of {BLOCK_SIZES:?}",
+                self.block_size
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Sizes a mask is evaluated against.
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {

@@ -107,6 +107,9 @@ impl std::fmt::Display for Case {
         if let Some(s) = a.block_size {
             write!(f, " block={s}")?;
         }
+        if let Some(t) = &a.topk {
+            write!(f, " topk(k={},block={},sink={})", t.k, t.block_size, t.sink)?;
+        }
         if let Some(bm) = &a.block_mask {
             write!(f, " block_mask(size={}, density={:.2})", bm.size, bm.density())?;
         }

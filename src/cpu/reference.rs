@@ -2,7 +2,7 @@
 //! It implements every option of [`Attention`] and is the ground truth of the tests and of
 //! `wgattn check`. It is slow on purpose: obviously right beats fast here.
 
-use crate::attention::{Attention, HostTensor, Layout};
+use crate::attention::{Attention, Causal, HostTensor, Layout};
 use crate::error::Result;
 
 /// Output of the oracle.
@@ -26,6 +26,17 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attentio
     let mut lse = vec![f64::NEG_INFINITY; p.batch * p.q_heads * p.q_len];
     let d = p.head_dim;
     let dims = p.dims();
+    // dynamic sparsity: the selected key blocks of each (batch, head, query block)
+    let topk = match &attn.topk {
+        Some(t) => Some((t.block_size, topk_blocks(q, k, attn)?)),
+        None => None,
+    };
+    let selected = |b: usize, h: usize, i: usize, j: usize| -> bool {
+        topk.as_ref().is_none_or(|(s, lists)| {
+            let qbs = p.q_len.div_ceil(*s);
+            lists[(b * p.q_heads + h) * qbs + i / s].0.contains(&((j / s) as u32))
+        })
+    };
     let mut scores = vec![0.0f64; p.kv_len];
     let mut acc = vec![0.0f64; d];
     for b in 0..p.batch {
@@ -45,7 +56,7 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attentio
                     let qi: Vec<f64> = (0..d).map(|x| q.at(b, h, i, x) as f64).collect();
                     let mut max = f64::NEG_INFINITY;
                     for (j, s_out) in scores.iter_mut().enumerate() {
-                        if !visible(attn, dims, b, h, i, j) {
+                        if !visible(attn, dims, b, h, i, j) || !selected(b, h, i, j) {
                             *s_out = f64::NEG_INFINITY;
                             continue;
                         }
@@ -135,4 +146,59 @@ pub fn relayout(data: &[f64], shape: crate::attention::Shape, from: Layout, to: 
         }
     }
     out
+}
+
+/// The top-k block selection of [`crate::mask::TopK`] in f64: per (batch, query head, query
+/// block), the chosen key blocks in ascending order, and every eligible block's score (for
+/// judging near-ties). Lists are in (batch, head, query block) order.
+pub fn topk_blocks(q: &HostTensor, k: &HostTensor, attn: &Attention) -> Result<Vec<(Vec<u32>, Vec<f64>)>> {
+    let p = attn.validate(q.shape, k.shape, k.shape)?;
+    let t = attn.topk.ok_or_else(|| crate::Error::InvalidOption("no top-k option set".into()))?;
+    let (s, d) = (t.block_size, p.head_dim);
+    let scale = attn.scale_for(d) as f64;
+    let (qbs, kbs) = (p.q_len.div_ceil(s), p.kv_len.div_ceil(s));
+    let mean = |x: &HostTensor, b: usize, h: usize, rows: std::ops::Range<usize>| -> Vec<f64> {
+        let n = rows.len().max(1) as f64;
+        (0..d).map(|c| rows.clone().map(|r| x.at(b, h, r, c) as f64).sum::<f64>() / n).collect()
+    };
+    let mut out = Vec::with_capacity(p.batch * p.q_heads * qbs);
+    for b in 0..p.batch {
+        let len = attn.kv_lens.as_ref().map_or(p.kv_len, |l| l[b] as usize);
+        for h in 0..p.q_heads {
+            let hk = h / p.group();
+            let pooled_k: Vec<Vec<f64>> =
+                (0..kbs).map(|kb| mean(k, b, hk, kb * s..((kb + 1) * s).min(len).max(kb * s))).collect();
+            for qb in 0..qbs {
+                let i_last = ((qb + 1) * s).min(p.q_len) - 1;
+                let pos = match attn.causal {
+                    Some(Causal::TopLeft) => i_last as i64,
+                    _ => i_last as i64 + len as i64 - p.q_len as i64,
+                };
+                let mut limit = len.div_ceil(s);
+                if attn.causal.is_some() {
+                    limit = if pos < 0 { 0 } else { limit.min(pos as usize / s + 1) };
+                }
+                let pq = mean(q, b, h, qb * s..(i_last + 1));
+                let scores: Vec<f64> = (0..limit)
+                    .map(|kb| scale * pq.iter().zip(&pooled_k[kb]).map(|(x, y)| x * y).sum::<f64>())
+                    .collect();
+                let mut chosen = Vec::new();
+                if limit > 0 {
+                    let local = (pos.clamp(0, len as i64 - 1) as usize / s).min(limit - 1);
+                    chosen.push(local);
+                    if t.sink && local != 0 {
+                        chosen.push(0);
+                    }
+                    let wanted = t.k.saturating_sub(chosen.len());
+                    let mut rest: Vec<usize> = (0..limit).filter(|kb| !chosen.contains(kb)).collect();
+                    // score descending, then block index ascending
+                    rest.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+                    chosen.extend(rest.into_iter().take(wanted));
+                }
+                chosen.sort_unstable();
+                out.push((chosen.into_iter().map(|x| x as u32).collect(), scores));
+            }
+        }
+    }
+    Ok(out)
 }

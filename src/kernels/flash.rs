@@ -9,6 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::merge::{self, MergeBuffers, MergeParams};
+use super::topk;
 use super::{dispatches, pipeline, window_bytes, Window};
 use crate::attention::{Attention, Causal, Layout, Problem, Shape};
 use crate::context::Context;
@@ -252,7 +253,7 @@ pub fn plan(
     ctx: &Context,
     p: &Problem,
     attn: &Attention,
-    table: Option<&BlockMask>,
+    table: Option<(usize, usize)>,
     q_layout: Layout,
     kv_layout: Layout,
 ) -> Result<Plan> {
@@ -262,7 +263,7 @@ pub fn plan(
     let q_tiles = rows.tiles();
     // key tiles of the longest row of tiles
     let n_tiles = match table {
-        Some(t) => (t.max_list() * t.size / tiles.bk as usize) as u32,
+        Some((max_list, size)) => (max_list * size / tiles.bk as usize) as u32,
         None => p.kv_len.div_ceil(tiles.bk as usize) as u32,
     };
 
@@ -398,9 +399,15 @@ pub fn forward_into(
             Some(&built)
         }
     };
-    let plan = plan(ctx, &p, attn, table, q.layout, k.layout)?;
+    // (longest list, block size) of the table the kernel walks, if any
+    let table_shape = match (&attn.topk, table) {
+        (Some(t), _) => Some((t.k + 2, t.block_size)),
+        (None, Some(t)) => Some((t.max_list(), t.size)),
+        (None, None) => None,
+    };
+    let plan = plan(ctx, &p, attn, table_shape, q.layout, k.layout)?;
     let g = p.group();
-    let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table.is_none());
+    let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table_shape.is_none());
 
     // aux: per-batch key lengths, then ALiBi slopes as f32 bits
     let mut aux: Vec<u32> = match &attn.kv_lens {
@@ -434,6 +441,23 @@ pub fn forward_into(
             lists_offset,
             entries_offset,
             bits_offset,
+        ];
+    }
+    let mut topk_offsets = (0, 0);
+    if let Some(t) = &attn.topk {
+        // filled on the device by the top-k selection before the kernel runs
+        let (lists_words, entries_words) = topk::table_words(&p, t);
+        topk_offsets = (aux.len() as u32, (aux.len() + lists_words) as u32);
+        aux.resize(aux.len() + lists_words + entries_words, 0);
+        table_params = [
+            1,
+            t.block_size as u32,
+            p.batch as u32,
+            p.q_heads as u32,
+            p.q_len.div_ceil(t.block_size) as u32,
+            topk_offsets.0,
+            topk_offsets.1,
+            0,
         ];
     }
     let aux_bytes = (aux.len() * 4) as u64;
@@ -476,6 +500,9 @@ pub fn forward_into(
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     let result = ctx.scoped(|| -> Result<()> {
         let mut pass = encoder.begin_compute_pass(&Default::default());
+        if let Some(t) = &attn.topk {
+            topk::encode(ctx, &mut pass, &p, attn, t, (q, k), &aux, topk_offsets)?;
+        }
         for c in &plan.chunks {
             let (p0, _) = rows.rows(c);
             let kh = element_range(p.kv_shape(), k.layout, c.b0, c.nb, c.kh0, c.nkh);

@@ -3,6 +3,7 @@
 
 pub mod flash;
 pub(crate) mod merge;
+pub mod topk;
 
 use crate::context::Context;
 use crate::error::Result;
@@ -15,7 +16,18 @@ pub(crate) fn pipeline(
     source: &'static str,
     params: &Params,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    let key = format!("{name}{params:?}");
+    entry_pipeline(ctx, name, source, "main", params)
+}
+
+/// Like [`pipeline`] for the entry point `entry`.
+pub(crate) fn entry_pipeline(
+    ctx: &Context,
+    name: &'static str,
+    source: &'static str,
+    entry: &'static str,
+    params: &Params,
+) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
+    let key = format!("{name}:{entry}{params:?}");
     ctx.pipeline(&key, |device| {
         let text = shader::specialise(name, source, params)?;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -26,7 +38,7 @@ pub(crate) fn pipeline(
             label: Some(name),
             layout: None,
             module: &module,
-            entry_point: Some("main"),
+            entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
         }))

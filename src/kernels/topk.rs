@@ -1,0 +1,207 @@
+//! Launch of `shaders/topk.wgsl`: dynamic top-k block selection written straight into the block
+//! table of the fused kernel (no host round trip). See [`crate::mask::TopK`] for the rule.
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::{dispatches, entry_pipeline};
+use crate::attention::{Attention, Causal, Problem};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::mask::{TopK, TOPK_MAX};
+use crate::shader::Params;
+use crate::tensor::Tensor;
+
+const SOURCE: &str = include_str!("../../shaders/topk.wgsl");
+
+/// Mirrors `Params` in topk.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct TopKParams {
+    batch: u32,
+    q_heads: u32,
+    kv_heads: u32,
+    group: u32,
+    q_len: u32,
+    kv_len: u32,
+    head_dim: u32,
+    block: u32,
+    q_blocks: u32,
+    k_blocks: u32,
+    k: u32,
+    sink: u32,
+    causal: u32,
+    scale: f32,
+    grid_x: u32,
+    lists_offset: u32,
+    entries_offset: u32,
+    pooled_k_offset: u32,
+    _pad: [u32; 2],
+    q_stride: [u32; 4],
+    k_stride: [u32; 4],
+}
+
+/// Query blocks, and aux words the table needs: (first, count) per list and `k + 2` entries of two
+/// words per list.
+pub(crate) fn table_words(p: &Problem, t: &TopK) -> (usize, usize) {
+    let lists = p.batch * p.q_heads * p.q_len.div_ceil(t.block_size);
+    (lists * 2, lists * (t.k + 2) * 2)
+}
+
+fn strides(t: &Tensor) -> [u32; 4] {
+    let [b, h, s] = t.layout.strides(t.shape);
+    [b as u32, h as u32, s as u32, 0]
+}
+
+/// Record pooling, scoring and selection into `pass`; the table lands in `aux` at the offsets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode(
+    ctx: &Context,
+    pass: &mut wgpu::ComputePass<'_>,
+    p: &Problem,
+    attn: &Attention,
+    t: &TopK,
+    (q, k): (&Tensor, &Tensor),
+    aux: &wgpu::Buffer,
+    (lists_offset, entries_offset): (u32, u32),
+) -> Result<()> {
+    let max_binding = ctx.limits().max_storage_buffer_binding_size;
+    let (qbs, kbs) = (p.q_len.div_ceil(t.block_size), p.kv_len.div_ceil(t.block_size));
+    let pooled_q = p.batch * p.q_heads * qbs * p.head_dim;
+    let pooled_len = pooled_q + p.batch * p.kv_heads * kbs * p.head_dim;
+    let scores_len = p.batch * p.q_heads * qbs * kbs;
+    for (what, bytes) in [
+        ("Q", q.buffer.size()),
+        ("K", k.buffer.size()),
+        ("pooled blocks", pooled_len as u64 * 4),
+        ("block scores", scores_len as u64 * 4),
+    ] {
+        if bytes > max_binding {
+            return Err(Error::LimitExceeded {
+                what: format!("top-k selection's {what}"),
+                limit: "max_storage_buffer_binding_size",
+                needed: bytes,
+                available: max_binding,
+            });
+        }
+    }
+    let scratch = |label, words: usize| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (words.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let pooled = scratch("top-k pooled blocks", pooled_len);
+    let scores = scratch("top-k block scores", scores_len);
+
+    let params = Params::from([("K_MAX", TOPK_MAX as u32)]);
+    let mut tp = TopKParams {
+        batch: p.batch as u32,
+        q_heads: p.q_heads as u32,
+        kv_heads: p.kv_heads as u32,
+        group: p.group() as u32,
+        q_len: p.q_len as u32,
+        kv_len: p.kv_len as u32,
+        head_dim: p.head_dim as u32,
+        block: t.block_size as u32,
+        q_blocks: qbs as u32,
+        k_blocks: kbs as u32,
+        k: t.k as u32,
+        sink: t.sink as u32,
+        causal: match attn.causal {
+            None => 0,
+            Some(Causal::TopLeft) => 1,
+            Some(Causal::BottomRight) => 2,
+        },
+        scale: attn.scale_for(p.head_dim),
+        lists_offset,
+        entries_offset,
+        pooled_k_offset: pooled_q as u32,
+        q_stride: strides(q),
+        k_stride: strides(k),
+        ..Default::default()
+    };
+    let steps: [(&'static str, usize, &[u32]); 4] = [
+        ("pool_q", pooled_q, &[1, 3]),
+        ("pool_k", pooled_len - pooled_q, &[2, 3, 5]),
+        ("score", scores_len, &[3, 4]),
+        ("select_blocks", p.batch * p.q_heads * qbs, &[4, 5]),
+    ];
+    for (entry, invocations, bindings) in steps {
+        let pipeline = entry_pipeline(ctx, "topk.wgsl", SOURCE, entry, &params)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        for (offset, gx, gy) in dispatches(ctx, (invocations as u64).div_ceil(64)) {
+            if offset != 0 {
+                return Err(Error::LimitExceeded {
+                    what: format!("top-k {entry} over {invocations} invocations"),
+                    limit: "max_compute_workgroups_per_dimension (squared)",
+                    needed: (invocations as u64).div_ceil(64),
+                    available: offset as u64,
+                });
+            }
+            tp.grid_x = gx;
+            let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("top-k params"),
+                contents: bytemuck::bytes_of(&tp),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let mut entries =
+                vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+            for &b in bindings {
+                let buffer = match b {
+                    1 => &q.buffer,
+                    2 => &k.buffer,
+                    3 => &pooled,
+                    4 => &scores,
+                    _ => aux,
+                };
+                entries.push(wgpu::BindGroupEntry { binding: b, resource: buffer.as_entire_binding() });
+            }
+            let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &layout,
+                entries: &entries,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        }
+    }
+    Ok(())
+}
+
+/// Run only the GPU's top-k selection and read the chosen key blocks back: one ascending list per
+/// (batch, query head, query block), in that order. For tests and inspection; the forward pass
+/// never reads the table back.
+pub fn selected_blocks(ctx: &Context, q: &Tensor, k: &Tensor, attn: &Attention) -> Result<Vec<Vec<u32>>> {
+    let p = attn.validate(q.shape, k.shape, k.shape)?;
+    let t = attn.topk.ok_or_else(|| Error::InvalidOption("no top-k option set".into()))?;
+    let mut aux: Vec<u32> = match &attn.kv_lens {
+        Some(l) => l.clone(),
+        None => vec![p.kv_len as u32; p.batch],
+    };
+    let (lists_words, entries_words) = table_words(&p, &t);
+    let offsets = (aux.len() as u32, (aux.len() + lists_words) as u32);
+    aux.resize(aux.len() + lists_words + entries_words, 0);
+    let aux_buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("top-k table"),
+        contents: bytemuck::cast_slice(&aux),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    });
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    ctx.scoped(|| -> Result<()> {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        encode(ctx, &mut pass, &p, attn, &t, (q, k), &aux_buffer, offsets)
+    })??;
+    ctx.submit_and_wait(encoder)?;
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&ctx.read_bytes(&aux_buffer, 0, aux_buffer.size())?);
+    let lists = lists_words / 2;
+    Ok((0..lists)
+        .map(|l| {
+            let (first, count) = (words[offsets.0 as usize + 2 * l], words[offsets.0 as usize + 2 * l + 1]);
+            (0..count).map(|c| words[offsets.1 as usize + 2 * (first + c) as usize]).collect()
+        })
+        .collect())
+}
