@@ -72,6 +72,40 @@ pub struct Context {
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
+    timer: Mutex<Option<Arc<GpuTimer>>>,
+}
+
+/// Timestamp queries around a call's compute pass (for benchmarks; see
+/// [`Context::enable_gpu_timing`]).
+pub(crate) struct GpuTimer {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    period_ns: f64,
+    last: Mutex<Option<std::time::Duration>>,
+}
+
+impl GpuTimer {
+    pub(crate) fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.query_set,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Resolve the two timestamps into the resolve buffer (record after the pass).
+    pub(crate) fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.query_set, 0..2, &self.resolve, 0);
+    }
+
+    /// Read the resolved timestamps (after the submission finished) and remember the duration.
+    pub(crate) fn read(&self, ctx: &Context) -> Result<()> {
+        let bytes = ctx.read_bytes(&self.resolve, 0, 16)?;
+        let t: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+        let ns = t[1].saturating_sub(t[0]) as f64 * self.period_ns;
+        *self.last.lock().unwrap() = Some(std::time::Duration::from_nanos(ns as u64));
+        Ok(())
+    }
 }
 
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
@@ -169,6 +203,7 @@ impl Context {
             pipelines: Mutex::new(HashMap::new()),
             lost,
             uncaptured,
+            timer: Mutex::new(None),
         })
     }
 
@@ -190,6 +225,41 @@ impl Context {
     /// The wgpu queue.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// Time each later call's GPU work with timestamp queries (read with
+    /// [`Context::last_gpu_time`]). Returns false, and changes nothing, when the adapter lacks
+    /// `TIMESTAMP_QUERY`. Timing adds a read-back per call; meant for single-threaded benchmarks.
+    pub fn enable_gpu_timing(&self) -> bool {
+        if !self.summary.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return false;
+        }
+        let mut timer = self.timer.lock().unwrap();
+        if timer.is_none() {
+            let query_set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("call timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let period_ns = self.queue.get_timestamp_period() as f64;
+            *timer = Some(Arc::new(GpuTimer { query_set, resolve, period_ns, last: Mutex::new(None) }));
+        }
+        true
+    }
+
+    /// GPU time of the last timed call (between the start and end of its compute pass).
+    pub fn last_gpu_time(&self) -> Option<std::time::Duration> {
+        self.timer.lock().unwrap().as_ref().and_then(|t| *t.last.lock().unwrap())
+    }
+
+    pub(crate) fn timer(&self) -> Option<Arc<GpuTimer>> {
+        self.timer.lock().unwrap().clone()
     }
 
     /// Number of compiled pipelines in the cache.

@@ -497,9 +497,13 @@ pub fn forward_into(
     let pipeline = pipeline(ctx, "flash_forward.wgsl", SOURCE, &plan.tiles.params())?;
     let layout = pipeline.get_bind_group_layout(0);
 
+    let timer = ctx.timer();
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     let result = ctx.scoped(|| -> Result<()> {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("attention forward"),
+            timestamp_writes: timer.as_ref().map(|t| t.writes()),
+        });
         if let Some(t) = &attn.topk {
             topk::encode(ctx, &mut pass, &p, attn, t, (q, k), &aux, topk_offsets)?;
         }
@@ -628,5 +632,12 @@ pub fn forward_into(
         Ok(())
     });
     result??;
-    ctx.submit_and_wait(encoder)
+    if let Some(t) = &timer {
+        t.resolve(&mut encoder);
+    }
+    ctx.submit_and_wait(encoder)?;
+    match &timer {
+        Some(t) => t.read(ctx),
+        None => Ok(()),
+    }
 }
