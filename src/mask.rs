@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::attention::{Attention, Causal};
 use crate::error::{Error, Result};
@@ -66,8 +66,8 @@ pub enum Mask {
         /// Block edge in elements.
         size: usize,
     },
-    /// Global tokens: the first `n` queries see every key and the first `n` keys are seen by every
-    /// query (Longformer's global attention).
+    /// Global tokens: the first `n` positions are global: queries at aligned positions `< n` see
+    /// every key and the first `n` keys are seen by every query (Longformer's global attention).
     Global(usize),
     /// Sparse Transformer *strided*: `|i − j| < stride` or `(pos − j) mod stride = 0`.
     Strided {
@@ -89,7 +89,8 @@ pub enum Mask {
         /// Gap between visible keys.
         dilation: usize,
     },
-    /// BigBird's random blocks: each query block sees `count` key blocks drawn from `seed`.
+    /// BigBird's random blocks: each query block sees `count` distinct key blocks (all of them when
+    /// there are fewer), drawn without replacement from `seed`.
     RandomBlocks {
         /// Block edge.
         size: usize,
@@ -208,18 +209,18 @@ impl Mask {
     pub fn validate(&self, d: Dims) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOption(m));
         match self {
-            Mask::Documents { q_ids, k_ids } => {
-                if q_ids.len() != d.batch * d.q_len || k_ids.len() != d.batch * d.kv_len {
-                    return bad(format!(
-                        "document ids: {} query ids and {} key ids given, {}×{} and {}×{} expected",
-                        q_ids.len(),
-                        k_ids.len(),
-                        d.batch,
-                        d.q_len,
-                        d.batch,
-                        d.kv_len
-                    ));
-                }
+            Mask::Documents { q_ids, k_ids }
+                if q_ids.len() != d.batch * d.q_len || k_ids.len() != d.batch * d.kv_len =>
+            {
+                return bad(format!(
+                    "document ids: {} query ids and {} key ids given, {}×{} and {}×{} expected",
+                    q_ids.len(),
+                    k_ids.len(),
+                    d.batch,
+                    d.q_len,
+                    d.batch,
+                    d.kv_len
+                ));
             }
             Mask::Dense { data, batch, heads } => {
                 if !(*batch == 1 || *batch == d.batch) || !(*heads == 1 || *heads == d.heads) {
@@ -279,7 +280,8 @@ impl Mask {
         let (j_, dist) = (j as i64, pos - j as i64);
         match self {
             Mask::Window { left, right } => {
-                left.is_none_or(|l| dist <= l as i64) && right.is_none_or(|r| -dist <= r as i64)
+                let bound = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+                left.is_none_or(|l| dist <= bound(l)) && right.is_none_or(|r| -dist <= bound(r))
             }
             Mask::Prefix(p) => j < *p || j_ <= pos,
             Mask::Documents { q_ids, k_ids } => q_ids[b * d.q_len + i] == k_ids[b * d.kv_len + j],
@@ -292,14 +294,15 @@ impl Mask {
                 let (qb, kb) = (d.q_len.div_ceil(*size), d.kv_len.div_ceil(*size));
                 data[((bb * heads + hh) * qb + i / size) * kb + j / size]
             }
-            Mask::Global(n) => i < *n || j < *n,
+            Mask::Global(n) => pos < i64::try_from(*n).unwrap_or(i64::MAX) || j < *n,
             Mask::Strided { stride } => dist.abs() < *stride as i64 || dist.rem_euclid(*stride as i64) == 0,
             Mask::Fixed { stride, c } => {
                 let s = *stride as i64;
                 j_.div_euclid(s) == pos.div_euclid(s) || j_.rem_euclid(s) >= s - *c as i64
             }
             Mask::Dilated { window, dilation } => {
-                dist.abs() <= (*window * *dilation) as i64 && dist.rem_euclid(*dilation as i64) == 0
+                let reach = i64::try_from(window.saturating_mul(*dilation)).unwrap_or(i64::MAX);
+                dist.abs() <= reach && dist.rem_euclid(*dilation as i64) == 0
             }
             Mask::RandomBlocks { size, count, seed } => random_block_visible(*seed, *size, *count, d, i, j),
             Mask::And(v) => v.iter().all(|m| m.visible(d, b, h, i, j, kv_len_b)),
@@ -332,7 +335,7 @@ fn random_block_visible(seed: u64, size: usize, count: usize, d: Dims, i: usize,
     let kb = d.kv_len.div_ceil(size);
     let qb = i / size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (qb as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    (0..count.min(kb)).any(|_| rng.random_range(0..kb) == j / size)
+    rand::seq::index::sample(&mut rng, kb, count.min(kb)).iter().any(|b| b == j / size)
 }
 
 /// Full visibility predicate of a call: key padding, causal, and the optional mask.

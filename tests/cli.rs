@@ -7,12 +7,13 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use npyz::WriterBuilder;
 use rand::{Rng, SeedableRng};
 use wgpu_attention::cpu::reference;
 use wgpu_attention::testing::alibi_slopes;
-use wgpu_attention::{Attention, Causal, Context, HostTensor, Layout, Shape};
+use wgpu_attention::{Attention, Causal, Context, HostTensor, Layout, Mask, Shape};
 
 /// A fresh, empty directory for one test; removed on drop.
 struct TempDir(PathBuf);
@@ -73,13 +74,39 @@ fn random(rng: &mut rand::rngs::StdRng, shape: Shape, layout: Layout) -> (HostTe
     (HostTensor::new(data, shape, layout).unwrap(), dims)
 }
 
+/// Sizes of a `run` test problem.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+}
+
+/// The sizes of the option tests.
+const SMALL: Sizes = Sizes { b: 2, hq: 4, hkv: 2, nq: 37, nk: 53, d: 24 };
+
 /// Write random Q, K, V, run `wgattn run` with `extra` options, and compare O and LSE with the
 /// oracle for `attn` (which must describe the same options; its ALiBi slopes, if any, are written
 /// to a file and passed with `--alibi-slopes`).
 fn run_matches_oracle(name: &str, layout: Layout, extra: &[&str], attn: &Attention) {
+    run_case(name, SMALL, layout, attn, |_| extra.iter().map(|a| a.to_string()).collect());
+}
+
+/// [`run_matches_oracle`] for problem sizes `s`, where `setup` writes any further input files into
+/// the test's directory and returns the extra options.
+fn run_case(
+    name: &str,
+    s: Sizes,
+    layout: Layout,
+    attn: &Attention,
+    setup: impl FnOnce(&TempDir) -> Vec<String>,
+) {
     let dir = TempDir::new(name);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed ^ name.len() as u64);
-    let (b, hq, hkv, nq, nk, d) = (2, 4, 2, 37, 53, 24);
+    let Sizes { b, hq, hkv, nq, nk, d } = s;
     let (q, q_dims) = random(&mut rng, Shape::new(b, hq, nq, d), layout);
     let (k, k_dims) = random(&mut rng, Shape::new(b, hkv, nk, d), layout);
     let (v, _) = random(&mut rng, Shape::new(b, hkv, nk, d), layout);
@@ -97,7 +124,8 @@ fn run_matches_oracle(name: &str, layout: Layout, extra: &[&str], attn: &Attenti
     for (flag, p) in [("--q", &qp), ("--k", &kp), ("--v", &vp), ("--out", &op), ("--lse", &lp)] {
         args.extend([flag, p.to_str().unwrap()]);
     }
-    args.extend(extra);
+    let extra = setup(&dir);
+    args.extend(extra.iter().map(String::as_str));
     let slopes = dir.path("slopes.npy");
     if let Some(s) = &attn.alibi_slopes {
         write_npy(&slopes, &[s.len()], s);
@@ -213,4 +241,288 @@ fn check_quick_passes() {
         matches!(counts[..], ["check:", n, "passed,", "0", "failed"] if n.parse::<usize>().is_ok_and(|n| n > 0)),
         "bad summary line `{summary}`"
     );
+}
+
+// ---- masks (issue 3) ----
+
+/// Sizes of the mask tests: Nq != Nk (so bottom-right alignment matters) and GQA.
+const MASKED: Sizes = Sizes { b: 2, hq: 2, hkv: 1, nq: 70, nk: 150, d: 32 };
+/// Sizes where Nq = Nk, as `--doc-ids` needs.
+const SQUARE: Sizes = Sizes { b: 2, hq: 2, hkv: 2, nq: 100, nk: 100, d: 32 };
+
+fn arg(path: &Path) -> String {
+    path.to_str().unwrap().to_string()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `n` random values of `0..=max` (so about a fraction `1/(max+1)` are zero).
+fn random_u8(n: usize, max: u8, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(0..=max)).collect()
+}
+
+fn random_bools(n: usize, density: f64, seed: u64) -> Vec<bool> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_bool(density)).collect()
+}
+
+/// Document ids of `SQUARE`: documents of 30, 1 and 69 tokens in batch 0, of 60 and 40 in batch 1.
+fn doc_ids() -> Vec<i32> {
+    let lens: [&[i32]; 2] = [&[30, 1, 69], &[60, 40]];
+    lens.iter()
+        .flat_map(|l| l.iter().enumerate().flat_map(|(d, &n)| std::iter::repeat_n(d as i32 + 7, n as usize)))
+        .collect()
+}
+
+#[test]
+fn run_window_matches_oracle() {
+    let attn = Attention::new().mask(Mask::window(20, 5));
+    run_case("window", MASKED, Layout::Bhsd, &attn, |_| strings(&["--window", "20,5"]));
+    // with causal (cuts the right side), key padding, and another lowering block size
+    let attn = Attention::new()
+        .causal(Causal::BottomRight)
+        .kv_lens(vec![150, 90])
+        .mask(Mask::window(16, 3))
+        .block_size(32);
+    let extra = ["--causal", "--kv-lens", "150,90", "--window", "16,3", "--block-size", "32"];
+    run_case("window-causal", MASKED, Layout::Bshd, &attn, |_| strings(&extra));
+}
+
+#[test]
+fn run_doc_ids_matches_oracle() {
+    let ids = doc_ids();
+    let attn = Attention::new().mask(Mask::documents(ids.clone()));
+    run_case("docs-i32", SQUARE, Layout::Bhsd, &attn, |dir| {
+        write_npy(&dir.path("ids.npy"), &[2, 100], &ids);
+        vec!["--doc-ids".into(), arg(&dir.path("ids.npy"))]
+    });
+    // int64 ids, with causal
+    let attn = Attention::new().causal(Causal::BottomRight).mask(Mask::documents(ids.clone()));
+    let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    run_case("docs-i64", SQUARE, Layout::Bshd, &attn, |dir| {
+        write_npy(&dir.path("ids.npy"), &[2, 100], &ids64);
+        vec!["--causal".into(), "--doc-ids".into(), arg(&dir.path("ids.npy"))]
+    });
+}
+
+#[test]
+fn run_prefix_matches_oracle() {
+    let attn = Attention::new().kv_lens(vec![150, 60]).mask(Mask::Prefix(40));
+    run_case("prefix", MASKED, Layout::Bhsd, &attn, |_| strings(&["--prefix", "40", "--kv-lens", "150,60"]));
+}
+
+#[test]
+fn run_dense_mask_matches_oracle() {
+    let Sizes { b, hq, nq, nk, .. } = MASKED;
+    // uint8 [1, H, Nq, Nk]: nonzero (1..=3) is visible
+    let bytes = random_u8(hq * nq * nk, 3, 1);
+    let data = Arc::new(bytes.iter().map(|&x| x != 0).collect());
+    let attn = Attention::new().mask(Mask::Dense { data, batch: 1, heads: hq });
+    run_case("dense-u8", MASKED, Layout::Bhsd, &attn, |dir| {
+        write_npy(&dir.path("m.npy"), &[1, hq, nq, nk], &bytes);
+        vec!["--mask".into(), arg(&dir.path("m.npy"))]
+    });
+    // bool [B, 1, Nq, Nk], sparse enough that some rows see no key, with causal
+    let bools = random_bools(b * nq * nk, 0.02, 2);
+    let mask = Mask::Dense { data: Arc::new(bools.clone()), batch: b, heads: 1 };
+    let attn = Attention::new().causal(Causal::BottomRight).mask(mask);
+    run_case("dense-bool", MASKED, Layout::Bshd, &attn, |dir| {
+        write_npy(&dir.path("m.npy"), &[b, 1, nq, nk], &bools);
+        vec!["--causal".into(), "--mask".into(), arg(&dir.path("m.npy"))]
+    });
+}
+
+#[test]
+fn run_block_mask_matches_oracle() {
+    let Sizes { b, hq, nq, nk, .. } = MASKED;
+    // bool [B, H, ceil(Nq/32), ceil(Nk/32)]
+    let (qb, kb) = (nq.div_ceil(32), nk.div_ceil(32));
+    let bools = random_bools(b * hq * qb * kb, 0.4, 3);
+    let mask = Mask::Blocks { data: Arc::new(bools.clone()), batch: b, heads: hq, size: 32 };
+    let attn = Attention::new().mask(mask).block_size(32);
+    run_case("blocks-32", MASKED, Layout::Bhsd, &attn, |dir| {
+        write_npy(&dir.path("bm.npy"), &[b, hq, qb, kb], &bools);
+        vec!["--block-mask".into(), arg(&dir.path("bm.npy")), "--block-size".into(), "32".into()]
+    });
+    // uint8 [1, 1, ceil(Nq/64), ceil(Nk/64)] and a window
+    let (qb, kb) = (nq.div_ceil(64), nk.div_ceil(64));
+    let bytes = random_u8(qb * kb, 1, 4);
+    let data = Arc::new(bytes.iter().map(|&x| x != 0).collect());
+    let mask = Mask::Blocks { data, batch: 1, heads: 1, size: 64 };
+    let attn = Attention::new().mask(Mask::window(50, 50)).mask(mask).block_size(64);
+    run_case("blocks-64", MASKED, Layout::Bhsd, &attn, |dir| {
+        write_npy(&dir.path("bm.npy"), &[1, 1, qb, kb], &bytes);
+        let bm = arg(&dir.path("bm.npy"));
+        strings(&["--window", "50,50", "--block-mask", &bm, "--block-size", "64"])
+    });
+}
+
+#[test]
+fn run_patterns_match_oracle() {
+    let cases: [(&str, &[&str], Mask); 4] = [
+        ("longformer", &["--pattern", "longformer:window=10,global=3"], Mask::longformer(10, 3)),
+        ("strided", &["--pattern", "strided:stride=9"], Mask::Strided { stride: 9 }),
+        ("fixed", &["--pattern", "fixed:stride=16,c=4", "--causal"], Mask::Fixed { stride: 16, c: 4 }),
+        ("dilated", &["--pattern", "dilated:window=6,dilation=3"], Mask::Dilated { window: 6, dilation: 3 }),
+    ];
+    for (name, extra, mask) in cases {
+        let mut attn = Attention::new().mask(mask);
+        if extra.contains(&"--causal") {
+            attn = attn.causal(Causal::BottomRight);
+        }
+        run_case(&format!("pattern-{name}"), MASKED, Layout::Bhsd, &attn, |_| strings(extra));
+    }
+}
+
+#[test]
+fn run_bigbird_matches_oracle() {
+    // random blocks of the default 64, then of --block-size 32
+    let attn = Attention::new().mask(Mask::bigbird(8, 2, 1, 64, 11));
+    let extra = ["--pattern", "bigbird:window=8,global=2,random=1,seed=11"];
+    run_case("bigbird-64", MASKED, Layout::Bhsd, &attn, |_| strings(&extra));
+    let attn = Attention::new().mask(Mask::bigbird(8, 2, 2, 32, 12)).block_size(32);
+    let extra = ["--pattern", "bigbird:window=8,global=2,random=2,seed=12", "--block-size", "32"];
+    run_case("bigbird-32", MASKED, Layout::Bhsd, &attn, |_| strings(&extra));
+}
+
+/// Every kind of mask at once, on the GPU and on the CPU.
+#[test]
+fn run_combined_masks_match_oracle() {
+    let Sizes { b, hq, nq, nk, .. } = SQUARE;
+    let ids = doc_ids();
+    let bytes = random_u8(b * hq * nq * nk, 4, 5);
+    let dense = Mask::Dense { data: Arc::new(bytes.iter().map(|&x| x != 0).collect()), batch: b, heads: hq };
+    let blocks = random_bools(nq.div_ceil(32) * nk.div_ceil(32), 0.7, 6);
+    let attn = Attention::new()
+        .causal(Causal::TopLeft)
+        .kv_lens(vec![100, 77])
+        .mask(Mask::window(40, 40))
+        .mask(Mask::documents(ids.clone()))
+        .mask(Mask::Prefix(50))
+        .mask(dense)
+        .mask(Mask::Blocks { data: Arc::new(blocks.clone()), batch: 1, heads: 1, size: 32 })
+        .mask(Mask::Strided { stride: 3 })
+        .block_size(32);
+    for device in ["gpu", "cpu"] {
+        run_case(&format!("combined-{device}"), SQUARE, Layout::Bhsd, &attn, |dir| {
+            let (idp, mp, bmp) = (dir.path("ids.npy"), dir.path("m.npy"), dir.path("bm.npy"));
+            write_npy(&idp, &[b, nq], &ids);
+            write_npy(&mp, &[b, hq, nq, nk], &bytes);
+            write_npy(&bmp, &[1, 1, nq.div_ceil(32), nk.div_ceil(32)], &blocks);
+            let (idp, mp, bmp) = (arg(&idp), arg(&mp), arg(&bmp));
+            strings(&[
+                "--causal=top-left",
+                "--kv-lens",
+                "100,77",
+                "--window",
+                "40,40",
+                "--doc-ids",
+                &idp,
+                "--prefix",
+                "50",
+                "--mask",
+                &mp,
+                "--block-mask",
+                &bmp,
+                "--block-size",
+                "32",
+                "--pattern",
+                "strided:stride=3",
+                "--device",
+                device,
+            ])
+        });
+    }
+}
+
+#[test]
+fn bad_masks_exit_2() {
+    let dir = TempDir::new("bad-masks");
+    let p = |f: &str| arg(&dir.path(f));
+    // B=2, H=2, Nq=8, Nk=12
+    write_npy(&dir.path("q.npy"), &[2, 2, 8, 16], &[0.5f32; 512]);
+    write_npy(&dir.path("k.npy"), &[2, 2, 12, 16], &[0.5f32; 768]);
+    write_npy(&dir.path("q12.npy"), &[2, 2, 12, 16], &[0.5f32; 768]);
+    write_npy(&dir.path("m_ok.npy"), &[2, 1, 8, 12], &[true; 192]);
+    write_npy(&dir.path("m_nk.npy"), &[1, 2, 8, 11], &[1u8; 176]);
+    write_npy(&dir.path("m_b3.npy"), &[3, 1, 8, 12], &[true; 288]);
+    write_npy(&dir.path("m_3d.npy"), &[2, 8, 12], &[true; 192]);
+    write_npy(&dir.path("m_f32.npy"), &[1, 1, 8, 12], &[1.0f32; 96]);
+    write_npy(&dir.path("bm_32.npy"), &[1, 2, 1, 1], &[true; 2]);
+    write_npy(&dir.path("bm_bad.npy"), &[1, 2, 1, 2], &[true; 4]);
+    write_npy(&dir.path("ids.npy"), &[2, 12], &[0i32; 24]);
+    write_npy(&dir.path("ids_1d.npy"), &[24], &[0i32; 24]);
+    write_npy(&dir.path("ids_n.npy"), &[2, 11], &[0i32; 22]);
+    write_npy(&dir.path("ids_big.npy"), &[2, 12], &[1i64 << 33; 24]);
+    write_npy(&dir.path("ids_f32.npy"), &[2, 12], &[0f32; 24]);
+    let (q, q12, k, out) = (p("q.npy"), p("q12.npy"), p("k.npy"), p("o.npy"));
+    let run = |q_file: &str, extra: &[&str]| {
+        let mut args = vec!["run", "--q", q_file, "--k", &k, "--v", &k, "--out", &out, "--device", "cpu"];
+        args.extend(extra);
+        wgattn(&args)
+    };
+
+    // Dense masks: wrong Nk, batch neither 1 nor B, not 4-D, not bool/uint8.
+    assert_error(&run(&q, &["--mask", &p("m_nk.npy")]), "m_nk.npy has shape [1, 2, 8, 11]");
+    assert_error(&run(&q, &["--mask", &p("m_b3.npy")]), "m_b3.npy has shape [3, 1, 8, 12]");
+    assert_error(&run(&q, &["--mask", &p("m_3d.npy")]), "m_3d.npy has shape [2, 8, 12] (3-D)");
+    assert_error(&run(&q, &["--mask", &p("m_f32.npy")]), "bool or uint8 is required");
+    // A dense mask for Nq=8 with Q of Nq=12.
+    assert_error(&run(&q12, &["--mask", &p("m_ok.npy")]), "m_ok.npy has shape");
+    // Block masks: shape for another block size, no --block-size, an unsupported one.
+    assert_error(&run(&q, &["--block-mask", &p("bm_bad.npy"), "--block-size", "32"]), "bm_bad.npy has shape");
+    assert_error(&run(&q, &["--block-mask", &p("bm_32.npy")]), "--block-size");
+    assert_error(&run(&q, &["--block-mask", &p("bm_32.npy"), "--block-size", "48"]), "48");
+    // Document ids: Nq != Nk, wrong shape, rank, range, dtype.
+    assert_error(&run(&q, &["--doc-ids", &p("ids.npy")]), "Nq = Nk");
+    assert!(text(&run(&q, &["--doc-ids", &p("ids.npy")]).stderr).contains("ids.npy"));
+    assert_error(&run(&q12, &["--doc-ids", &p("ids_n.npy")]), "ids_n.npy has shape [2, 11]");
+    assert_error(&run(&q12, &["--doc-ids", &p("ids_1d.npy")]), "ids_1d.npy has shape [24] (1-D)");
+    assert_error(&run(&q12, &["--doc-ids", &p("ids_big.npy")]), "8589934592, outside the int32 range");
+    assert_error(&run(&q12, &["--doc-ids", &p("ids_f32.npy")]), "int32 or int64 is required");
+    // Patterns: unknown name, unknown key, missing key, not an integer, values the library rejects.
+    assert_error(&run(&q, &["--pattern", "reformer:window=3"]), "unknown pattern `reformer`");
+    assert_error(&run(&q, &["--pattern", "strided:step=3"]), "no key `step`");
+    assert_error(&run(&q, &["--pattern", "fixed:stride=4"]), "needs c");
+    assert_error(
+        &run(&q, &["--pattern", "longformer:window=2.5,global=1"]),
+        "`2.5` is not a non-negative integer",
+    );
+    assert_error(&run(&q, &["--pattern", "strided:stride=0"]), "stride must be at least 1");
+    assert_error(&run(&q, &["--pattern", "fixed:stride=4,c=5"]), "exceeds the stride");
+    // Windows: not L,R.
+    assert_error(&run(&q, &["--window", "3"]), "L,R");
+    assert_error(&run(&q, &["--window", "3,-1"]), "--window");
+    assert!(!dir.path("o.npy").exists(), "no output may be written on error");
+    // The good files do work (so the errors above are the ones tested).
+    assert!(run(&q, &["--mask", &p("m_ok.npy"), "--block-mask", &p("bm_32.npy"), "--block-size", "32"])
+        .status
+        .success());
+    assert!(run(&q12, &["--doc-ids", &p("ids.npy")]).status.success());
+}
+
+#[test]
+fn run_topk_matches_oracle() {
+    let mut attn = Attention::new().causal(Causal::BottomRight);
+    attn.topk = Some(wgpu_attention::mask::TopK { k: 2, block_size: 32, sink: true });
+    run_case("topk", MASKED, Layout::Bhsd, &attn, |_| {
+        strings(&["--causal", "--topk", "2", "--topk-block", "32", "--topk-sink"])
+    });
+    let out = wgattn(&[
+        "run",
+        "--q",
+        "q.npy",
+        "--k",
+        "k.npy",
+        "--v",
+        "v.npy",
+        "--out",
+        "o.npy",
+        "--topk-block",
+        "32",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--topk-block without --topk must be refused");
 }

@@ -11,6 +11,7 @@
 
 mod check;
 mod info;
+mod masks;
 mod npy;
 mod run;
 
@@ -46,8 +47,13 @@ enum Command {
     Info,
     /// Run a randomised suite of the GPU kernel against the f64 CPU oracle on this adapter.
     Check(CheckArgs),
-    /// Compute attention on .npy files (float32, C order, 4-D).
-    Run(RunArgs),
+    /// Compute attention on .npy files (float32, C order, 4-D), with optional masks.
+    #[command(
+        after_help = "Masks: --causal, --kv-lens, --window, --doc-ids, --prefix, --mask, --block-mask \
+                            and --pattern may be combined; a key is visible only where every one of \
+                            them allows it."
+    )]
+    Run(Box<RunArgs>),
 }
 
 /// Options of `wgattn check`.
@@ -108,6 +114,44 @@ pub struct RunArgs {
     /// GPU only: split the key range into N parts (default: automatic).
     #[arg(long, value_name = "N")]
     pub num_splits: Option<u32>,
+    /// Sliding window: query i sees the keys from L before to R after its position i + Nk - Nq
+    /// (bottom-right aligned, like --causal).
+    #[arg(long, value_name = "L,R", value_parser = masks::parse_window)]
+    pub window: Option<masks::Window>,
+    /// Packed documents: an int32/int64 [B, N] .npy of per-token document ids (needs Nq = Nk = N);
+    /// a query sees only keys of its own document.
+    #[arg(long, value_name = "IDS.npy")]
+    pub doc_ids: Option<PathBuf>,
+    /// Prefix-LM: keys j < P are visible to every query, later keys causally (bottom-right); use
+    /// without --causal, which would hide the prefix's later keys.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<usize>,
+    /// Dense element mask: a bool or uint8 [B|1, Hq|1, Nq, Nk] .npy (true / nonzero = visible; a
+    /// dimension of 1 is broadcast).
+    #[arg(long, value_name = "M.npy")]
+    pub mask: Option<PathBuf>,
+    /// Block mask: a bool or uint8 [B|1, Hq|1, ceil(Nq/S), ceil(Nk/S)] .npy with S = --block-size
+    /// (required); a visible block shows all its elements.
+    #[arg(long, value_name = "BM.npy", requires = "block_size")]
+    pub block_mask: Option<PathBuf>,
+    /// Block edge, 32, 64 or 128: of --block-mask, of bigbird's random blocks, and of the block
+    /// table the GPU lowers every mask to (default 64).
+    #[arg(long, value_name = "S", value_parser = masks::parse_block_size)]
+    pub block_size: Option<usize>,
+    /// Sparse pattern: longformer:window=W,global=G | bigbird:window=W,global=G,random=R,seed=S |
+    /// strided:stride=S | fixed:stride=S,c=C | dilated:window=W,dilation=D.
+    #[arg(long, value_name = "NAME:KEY=N,...", value_parser = masks::parse_pattern)]
+    pub pattern: Option<masks::Pattern>,
+    /// Dynamic top-k block sparsity: each query block attends to the K key blocks whose mean key
+    /// scores best against its mean query (chosen on the GPU every call; not with other masks).
+    #[arg(long, value_name = "K")]
+    pub topk: Option<usize>,
+    /// Block edge of --topk: 32, 64 or 128 (default 64).
+    #[arg(long, value_name = "S", requires = "topk", value_parser = masks::parse_block_size)]
+    pub topk_block: Option<usize>,
+    /// With --topk: always keep key block 0 (an attention sink).
+    #[arg(long, requires = "topk")]
+    pub topk_sink: bool,
     /// Where to compute: the GPU kernel, or the f64 CPU oracle (slow; rounded to f32).
     #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
     pub device: DeviceArg,
@@ -164,6 +208,9 @@ pub enum CliError {
     /// Reading or writing a .npy file.
     #[error(transparent)]
     Npy(#[from] npy::NpyError),
+    /// Options that do not fit the input files.
+    #[error("{0}")]
+    Usage(String),
     /// The library refused the problem or the GPU failed.
     #[error(transparent)]
     Attention(#[from] wgpu_attention::Error),

@@ -1,8 +1,9 @@
-//! Reading and writing the float32 `.npy` files of `wgattn run`.
+//! Reading and writing the `.npy` files of `wgattn run`.
 //!
-//! Input arrays must be float32 (either byte order) of an expected rank; anything else is a
-//! [`NpyError`] that names the file and says what was found. Fortran-order files are accepted and
-//! returned in C order. Output is always little-endian float32 in C order.
+//! Tensors must be float32, masks bool or uint8, document ids int32 or int64 (either byte order),
+//! each of an expected rank; anything else is a [`NpyError`] that names the file and says what was
+//! found. Fortran-order files are accepted and returned in C order. Output is always
+//! little-endian float32 in C order.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -10,13 +11,13 @@ use std::path::{Path, PathBuf};
 
 use npyz::{DType, TypeChar, WriterBuilder};
 
-/// A float32 array read from a `.npy` file, in C order.
+/// An array read from a `.npy` file, in C order.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Array {
+pub struct Array<T = f32> {
     /// Dimensions as stored in the file.
     pub shape: Vec<usize>,
     /// Elements in C (row-major) order.
-    pub data: Vec<f32>,
+    pub data: Vec<T>,
 }
 
 /// What went wrong with a `.npy` file.
@@ -38,16 +39,17 @@ pub enum NpyError {
         /// npyz's complaint.
         source: std::io::Error,
     },
-    /// The elements are not float32.
-    #[error(
-        "{} has dtype {dtype}, but float32 is required (convert with `a.astype(np.float32)`)",
-        .path.display()
-    )]
+    /// The elements are not of a dtype the file may have.
+    #[error("{} has dtype {dtype}, but {expected} is required (convert with `{hint}`)", .path.display())]
     DType {
         /// The file.
         path: PathBuf,
         /// The dtype found, e.g. `float64 ('<f8')`.
         dtype: String,
+        /// The dtypes accepted, e.g. `float32`.
+        expected: &'static str,
+        /// How to convert in NumPy.
+        hint: &'static str,
     },
     /// The array has the wrong number of dimensions.
     #[error(
@@ -62,6 +64,24 @@ pub enum NpyError {
         shape: Vec<u64>,
         /// The rank required.
         expected: usize,
+    },
+    /// The array has the right rank but the wrong dimensions.
+    #[error("{} has shape {shape:?}, but {expected} is required", .path.display())]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// The shape found.
+        shape: Vec<usize>,
+        /// The shape required, in words.
+        expected: String,
+    },
+    /// An int64 value does not fit the int32 the library takes.
+    #[error("{} holds the value {value}, outside the int32 range", .path.display())]
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// The first value out of range.
+        value: i64,
     },
     /// The data ended early or could not be read.
     #[error("cannot read the data of {}: {source}", .path.display())]
@@ -82,25 +102,75 @@ pub enum NpyError {
 }
 
 /// Read a float32 array of rank `ndim` from `path`.
-pub fn read_f32(path: &Path, ndim: usize) -> Result<Array, NpyError> {
-    let file = File::open(path).map_err(|source| NpyError::Open { path: path.into(), source })?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
-        .map_err(|source| NpyError::Header { path: path.into(), source })?;
+pub fn read_f32(path: &Path, ndim: usize) -> Result<Array<f32>, NpyError> {
+    let npy = open(path)?;
     let dtype = npy.dtype();
-    if !is_f32(&dtype) {
-        return Err(NpyError::DType { path: path.into(), dtype: dtype_name(&dtype) });
+    if !is_plain(&dtype, TypeChar::Float, 4) {
+        return Err(dtype_error(path, &dtype, "float32", "a.astype(np.float32)"));
     }
+    read_data(path, npy, ndim)
+}
+
+/// Read a boolean mask of rank `ndim` from `path`: dtype bool, or uint8 where nonzero is true.
+pub fn read_bool(path: &Path, ndim: usize) -> Result<Array<bool>, NpyError> {
+    let npy = open(path)?;
+    let dtype = npy.dtype();
+    if is_plain(&dtype, TypeChar::Bool, 1) {
+        read_data(path, npy, ndim)
+    } else if is_plain(&dtype, TypeChar::Uint, 1) {
+        let a = read_data::<u8>(path, npy, ndim)?;
+        Ok(Array { shape: a.shape, data: a.data.into_iter().map(|x| x != 0).collect() })
+    } else {
+        Err(dtype_error(path, &dtype, "bool or uint8", "a.astype(bool)"))
+    }
+}
+
+/// Read an integer array of rank `ndim` from `path`: dtype int32, or int64 with every value in
+/// the int32 range.
+pub fn read_i32(path: &Path, ndim: usize) -> Result<Array<i32>, NpyError> {
+    let npy = open(path)?;
+    let dtype = npy.dtype();
+    if is_plain(&dtype, TypeChar::Int, 4) {
+        read_data(path, npy, ndim)
+    } else if is_plain(&dtype, TypeChar::Int, 8) {
+        let a = read_data::<i64>(path, npy, ndim)?;
+        let data = a
+            .data
+            .into_iter()
+            .map(|x| i32::try_from(x).map_err(|_| NpyError::Range { path: path.into(), value: x }))
+            .collect::<Result<_, _>>()?;
+        Ok(Array { shape: a.shape, data })
+    } else {
+        Err(dtype_error(path, &dtype, "int32 or int64", "a.astype(np.int32)"))
+    }
+}
+
+fn open(path: &Path) -> Result<npyz::NpyFile<BufReader<File>>, NpyError> {
+    let file = File::open(path).map_err(|source| NpyError::Open { path: path.into(), source })?;
+    npyz::NpyFile::new(BufReader::new(file)).map_err(|source| NpyError::Header { path: path.into(), source })
+}
+
+/// Check the rank of `npy` (whose dtype suits `T`) and read its elements in C order.
+fn read_data<T: npyz::Deserialize + Copy>(
+    path: &Path,
+    npy: npyz::NpyFile<BufReader<File>>,
+    ndim: usize,
+) -> Result<Array<T>, NpyError> {
     if npy.shape().len() != ndim {
         return Err(NpyError::Rank { path: path.into(), shape: npy.shape().to_vec(), expected: ndim });
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let order = npy.order();
-    let data: Vec<f32> = npy.into_vec().map_err(|source| NpyError::Data { path: path.into(), source })?;
+    let data: Vec<T> = npy.into_vec().map_err(|source| NpyError::Data { path: path.into(), source })?;
     let data = match order {
         npyz::Order::C => data,
         npyz::Order::Fortran => fortran_to_c(&data, &shape),
     };
     Ok(Array { shape, data })
+}
+
+fn dtype_error(path: &Path, dtype: &DType, expected: &'static str, hint: &'static str) -> NpyError {
+    NpyError::DType { path: path.into(), dtype: dtype_name(dtype), expected, hint }
 }
 
 /// Write `data` (C order) as a little-endian float32 array of `shape` to `path`.
@@ -119,8 +189,9 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
     writer.finish().map_err(err)
 }
 
-fn is_f32(dtype: &DType) -> bool {
-    matches!(dtype, DType::Plain(t) if t.type_char() == TypeChar::Float && t.size_field() == 4)
+/// True when `dtype` is a plain `kind` of `size` bytes (either byte order).
+fn is_plain(dtype: &DType, kind: TypeChar, size: u64) -> bool {
+    matches!(dtype, DType::Plain(t) if t.type_char() == kind && t.size_field() == size)
 }
 
 /// A readable name for `dtype`: `float64 ('<f8')`, or numpy's descr for the unusual ones.
@@ -144,7 +215,7 @@ fn dtype_name(dtype: &DType) -> String {
 }
 
 /// Reorder a Fortran-order (column-major) array of `shape` into C order.
-fn fortran_to_c(data: &[f32], shape: &[usize]) -> Vec<f32> {
+fn fortran_to_c<T: Copy>(data: &[T], shape: &[usize]) -> Vec<T> {
     // Fortran strides: the first index is the fastest.
     let mut f_strides = vec![1usize; shape.len()];
     for i in 1..shape.len() {
@@ -215,6 +286,43 @@ mod tests {
         assert_eq!(read_f32(&pf, 2).unwrap().data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
 
         assert!(matches!(read_f32(&dir.join("missing.npy"), 4), Err(NpyError::Open { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn write<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T]) {
+        let mut w = npyz::WriteOptions::<T>::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(BufWriter::new(File::create(path).unwrap()))
+            .begin_nd()
+            .unwrap();
+        w.extend(data.iter().copied()).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn masks_and_ids() {
+        let dir = std::env::temp_dir().join(format!("wgattn-npy-masks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = |f: &str| dir.join(f);
+        write(&p("b.npy"), &[2, 2], &[true, false, false, true]);
+        assert_eq!(read_bool(&p("b.npy"), 2).unwrap().data, vec![true, false, false, true]);
+        write(&p("u8.npy"), &[3], &[0u8, 7, 255]);
+        assert_eq!(read_bool(&p("u8.npy"), 1).unwrap().data, vec![false, true, true]);
+        assert!(matches!(read_bool(&p("u8.npy"), 2), Err(NpyError::Rank { .. })));
+        write(&p("f.npy"), &[2], &[1.0f32, 0.0]);
+        let e = read_bool(&p("f.npy"), 1).unwrap_err();
+        assert!(e.to_string().contains("float32 ('<f4'), but bool or uint8 is required"), "{e}");
+
+        write(&p("i32.npy"), &[2], &[-3i32, 9]);
+        assert_eq!(read_i32(&p("i32.npy"), 1).unwrap().data, vec![-3, 9]);
+        write(&p("i64.npy"), &[3], &[0i64, -5, i32::MAX as i64]);
+        assert_eq!(read_i32(&p("i64.npy"), 1).unwrap().data, vec![0, -5, i32::MAX]);
+        write(&p("big.npy"), &[2], &[1i64, 1 << 40]);
+        let e = read_i32(&p("big.npy"), 1).unwrap_err();
+        assert!(matches!(e, NpyError::Range { value, .. } if value == 1 << 40), "{e}");
+        let e = read_i32(&p("u8.npy"), 1).unwrap_err();
+        assert!(e.to_string().contains("uint8 ('|u1'), but int32 or int64 is required"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

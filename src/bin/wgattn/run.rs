@@ -3,14 +3,15 @@
 //! Q, K and V are 4-D float32 files in the `--layout` order (`[B, H, N, D]` for bhsd,
 //! `[B, N, H, D]` for bshd). O is written in Q's shape and layout, LSE as `[B, Hq, Nq]`. The
 //! problem is validated before any adapter is opened, so bad input fails fast with the library's
-//! message, and `--device cpu` never touches the GPU.
+//! message, and `--device cpu` never touches the GPU. Masks (see [`crate::masks`]) are read once
+//! Q, K and V have been checked, since their shapes depend on the problem's sizes.
 
 use std::path::Path;
 
 use wgpu_attention::cpu::reference;
 use wgpu_attention::{Attention, Context, HostTensor, Layout, Shape};
 
-use crate::npy;
+use crate::{masks, npy};
 use crate::{CliError, DeviceArg, RunArgs};
 
 /// Read the inputs, compute O (and LSE), write the outputs.
@@ -21,6 +22,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let (v, _) = load(&args.v, layout)?;
     let attn = options(args)?;
     let p = attn.validate(q.shape, k.shape, v.shape)?;
+    let attn = masks::apply(attn, args, &p)?;
+    attn.validate(q.shape, k.shape, v.shape)?;
 
     let (o, lse) = match args.device {
         DeviceArg::Gpu => {
