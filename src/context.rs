@@ -73,6 +73,7 @@ pub struct Context {
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
     timer: Mutex<Option<Arc<GpuTimer>>>,
+    allocated: AtomicU64,
 }
 
 /// Timestamp queries around a call's compute pass (for benchmarks; see
@@ -204,6 +205,7 @@ impl Context {
             lost,
             uncaptured,
             timer: Mutex::new(None),
+            allocated: AtomicU64::new(0),
         })
     }
 
@@ -260,6 +262,25 @@ impl Context {
 
     pub(crate) fn timer(&self) -> Option<Arc<GpuTimer>> {
         self.timer.lock().unwrap().clone()
+    }
+
+    /// Total bytes of device buffers this context has created so far (tensors, outputs, scratch,
+    /// uniforms; never decreases). The difference around a call is what the call allocated.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Create a buffer, counting its bytes in [`Context::allocated_bytes`].
+    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        self.allocated.fetch_add(desc.size, Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    /// Create an initialised buffer, counting its bytes in [`Context::allocated_bytes`].
+    pub(crate) fn create_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor<'_>) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.allocated.fetch_add(desc.contents.len() as u64, Ordering::Relaxed);
+        self.device.create_buffer_init(desc)
     }
 
     /// Number of compiled pipelines in the cache.

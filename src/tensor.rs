@@ -2,8 +2,6 @@
 //! `Tensor`s, so a caller can chain attention calls without host round trips; `upload` and
 //! `to_host` are the only copies.
 
-use wgpu::util::DeviceExt;
-
 use crate::attention::{HostTensor, Layout, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -24,7 +22,7 @@ impl Tensor {
         check_buffer_size(ctx, "tensor", bytes)?;
         let data: &[u8] = if host.data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(&host.data) };
         let buffer = ctx.scoped(|| {
-            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("tensor"),
                 contents: data,
                 usage: wgpu::BufferUsages::STORAGE
@@ -40,7 +38,7 @@ impl Tensor {
         let bytes = (shape.len().max(1) * 4) as u64;
         check_buffer_size(ctx, "tensor", bytes)?;
         let buffer = ctx.scoped(|| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("tensor"),
                 size: bytes,
                 usage: wgpu::BufferUsages::STORAGE

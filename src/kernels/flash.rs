@@ -6,7 +6,6 @@
 //! `4·rows·n_splits·(D + 1)` bytes for the largest chunk of rows. Nothing is O(Nq·Nk).
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::merge::{self, MergeBuffers, MergeParams};
 use super::topk;
@@ -469,7 +468,7 @@ pub fn forward_into(
             available: ctx.limits().max_storage_buffer_binding_size,
         });
     }
-    let aux = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    let aux = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("attention aux"),
         contents: bytemuck::cast_slice(&aux),
         usage: wgpu::BufferUsages::STORAGE,
@@ -482,7 +481,7 @@ pub fn forward_into(
         let o_bytes = max_rows * ns * p.head_dim as u64 * 4;
         check_buffer_size(ctx, "partial-output buffer", o_bytes)?;
         let make = |label, size| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
                 usage: wgpu::BufferUsages::STORAGE,
@@ -583,7 +582,7 @@ pub fn forward_into(
             for (offset, gx, gy) in dispatches(ctx, total) {
                 fp.grid_x = gx;
                 fp.wg_offset = offset;
-                let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("forward params"),
                     contents: bytemuck::bytes_of(&fp),
                     usage: wgpu::BufferUsages::UNIFORM,

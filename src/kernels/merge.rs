@@ -1,7 +1,6 @@
 //! Launch of `shaders/merge.wgsl`: combine split-key partial states by log-sum-exp.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::{dispatches, pipeline, Window};
 use crate::context::Context;
@@ -57,7 +56,7 @@ pub(crate) fn encode(
     for (offset, gx, gy) in dispatches(ctx, elements.div_ceil(64)) {
         params.grid_x = gx;
         params.wg_offset = offset;
-        let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("merge params"),
             contents: bytemuck::bytes_of(&params),
             usage: wgpu::BufferUsages::UNIFORM,

@@ -2,7 +2,6 @@
 //! table of the fused kernel (no host round trip). See [`crate::mask::TopK`] for the rule.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::{dispatches, entry_pipeline};
 use crate::attention::{Attention, Causal, Problem};
@@ -86,7 +85,7 @@ pub(crate) fn encode(
         }
     }
     let scratch = |label, words: usize| {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (words.max(1) * 4) as u64,
             usage: wgpu::BufferUsages::STORAGE,
@@ -142,7 +141,7 @@ pub(crate) fn encode(
                 });
             }
             tp.grid_x = gx;
-            let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("top-k params"),
                 contents: bytemuck::bytes_of(&tp),
                 usage: wgpu::BufferUsages::UNIFORM,
@@ -185,7 +184,7 @@ pub fn selected_blocks(ctx: &Context, q: &Tensor, k: &Tensor, attn: &Attention) 
     let (lists_words, entries_words) = table_words(&p, &t);
     let offsets = (aux.len() as u32, (aux.len() + lists_words) as u32);
     aux.resize(aux.len() + lists_words + entries_words, 0);
-    let aux_buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    let aux_buffer = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("top-k table"),
         contents: bytemuck::cast_slice(&aux),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
