@@ -135,6 +135,8 @@ pub struct Attention {
     /// Dynamic top-k block sparsity, chosen from Q and K on every call (cannot be combined with
     /// `mask` or `block_mask`).
     pub topk: Option<TopK>,
+    /// GPU only: force a kernel family (else `WGATTN_KERNEL`, else the autotuned choice).
+    pub kernel: Option<crate::kernels::flash::Family>,
 }
 
 impl Attention {

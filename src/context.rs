@@ -26,11 +26,14 @@ pub struct ContextOptions {
     /// Ask the device for these limits instead of the adapter's own (each value is capped at the
     /// adapter's). Lower limits make the splitting paths testable on any machine.
     pub limits: Option<wgpu::Limits>,
+    /// Treat the adapter's smallest subgroup as this size (at most the real one): kernels then
+    /// broadcast across fewer lanes, as they would on such an adapter. For tests.
+    pub subgroup_min_size: Option<u32>,
 }
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self { backends: wgpu::Backends::all(), adapter_name: None, limits: None }
+        Self { backends: wgpu::Backends::all(), adapter_name: None, limits: None, subgroup_min_size: None }
     }
 }
 
@@ -74,6 +77,8 @@ pub struct Context {
     uncaptured: Arc<Mutex<Option<String>>>,
     timer: Mutex<Option<Arc<GpuTimer>>>,
     allocated: AtomicU64,
+    pub(crate) tuner: crate::tune::Tuner,
+    last_kernel: Mutex<Option<crate::kernels::flash::TileConfig>>,
 }
 
 /// Timestamp queries around a call's compute pass (for benchmarks; see
@@ -166,7 +171,10 @@ impl Context {
                     if found.is_empty() { "none".to_string() } else { found.join(", ") }
                 ),
             })?;
-        let info = adapter.get_info();
+        let mut info = adapter.get_info();
+        if let Some(s) = options.subgroup_min_size {
+            info.subgroup_min_size = info.subgroup_min_size.min(s.max(1));
+        }
         let wanted_features =
             wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
         let features = adapter.features() & wanted_features;
@@ -206,6 +214,8 @@ impl Context {
             uncaptured,
             timer: Mutex::new(None),
             allocated: AtomicU64::new(0),
+            tuner: Default::default(),
+            last_kernel: Mutex::new(None),
         })
     }
 
@@ -281,6 +291,15 @@ impl Context {
         use wgpu::util::DeviceExt;
         self.allocated.fetch_add(desc.contents.len() as u64, Ordering::Relaxed);
         self.device.create_buffer_init(desc)
+    }
+
+    /// The fused-forward specialisation (family and tiles) the last call on this context ran.
+    pub fn last_kernel(&self) -> Option<crate::kernels::flash::TileConfig> {
+        *self.last_kernel.lock().unwrap()
+    }
+
+    pub(crate) fn set_last_kernel(&self, k: crate::kernels::flash::TileConfig) {
+        *self.last_kernel.lock().unwrap() = Some(k);
     }
 
     /// Number of compiled pipelines in the cache.

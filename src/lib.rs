@@ -30,6 +30,7 @@ pub mod mask;
 pub mod shader;
 pub mod tensor;
 pub mod testing;
+pub mod tune;
 
 /// The README's examples run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -5,7 +5,12 @@
 //!    `override` cannot size private arrays, and the unroller needs constant bounds, so these stay
 //!    `const`.
 //! 2. A loop written `for (var i = 0u; i < BOUND; i++) {` on the line after a `// @unroll` comment is
-//!    replaced by BOUND copies of its body, each in its own block opening with `let i = <k>u;`.
+//!    replaced by BOUND copies of its body, each in its own block opening with `const i = <k>u;`.
+//! 3. A line `// @include NAME` is replaced by the crate's WGSL file NAME (shared code of a family).
+//! 4. Lines between `// @if NAME` and `// @else` / `// @endif` stay when the @param NAME is non-zero
+//!    (e.g. subgroup builtins, which adapters without subgroups must never see).
+//!
+//! A file is checked as written by specialising it with its own `@param` values ([`defaults`]).
 //!    Lavapipe (llvmpipe) stops every invocation after 65,535 loop iterations in total, silently, so
 //!    the kernels keep run-time loops to the one over key tiles and unroll the rest.
 
@@ -16,9 +21,38 @@ use crate::error::{Error, Result};
 /// Parameters of a specialisation: `@param` name -> value.
 pub type Params = BTreeMap<&'static str, u32>;
 
+/// Every WGSL file of the crate, by name, for `// @include NAME` lines.
+pub const FILES: &[(&str, &str)] = &[
+    ("attention_common.wgsl", include_str!("../shaders/attention_common.wgsl")),
+    ("flash_forward.wgsl", include_str!("../shaders/flash_forward.wgsl")),
+    ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
+    ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
+    ("topk.wgsl", include_str!("../shaders/topk.wgsl")),
+];
+
+/// `source` with every `// @include NAME` line replaced by the file NAME (one level deep).
+pub fn resolve_includes(name: &str, source: &str) -> Result<String> {
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        match line.trim().strip_prefix("// @include ") {
+            Some(file) => {
+                let text =
+                    FILES.iter().find(|(n, _)| *n == file.trim()).map(|(_, t)| *t).ok_or_else(|| {
+                        Error::Shader { name: name.to_string(), message: format!("unknown include `{file}`") }
+                    })?;
+                out.push_str(text);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Specialise `source` (named `name` in errors) with `params`, unroll, and validate with naga.
 pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
     let err = |message: String| Error::Shader { name: name.to_string(), message };
+    let source = resolve_includes(name, source)?;
     let mut lines: Vec<String> = Vec::new();
     let mut seen = 0;
     for line in source.lines() {
@@ -35,10 +69,53 @@ pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
     if seen != params.len() {
         return Err(err(format!("{} params given but the shader declares {seen}", params.len())));
     }
+    let lines = conditionals(&lines, params).map_err(err)?;
     let out = unroll(&lines, params).map_err(err)?;
     let text = out.join("\n");
     validate(name, &text)?;
     Ok(text)
+}
+
+/// The `@param` values written in `source` itself (its defaults).
+pub fn defaults(source: &str) -> Params {
+    let mut params = Params::new();
+    for line in source.lines() {
+        if let Some((name, _)) = param_line(line) {
+            let value = line.split('=').nth(1).and_then(|v| v.split(';').next()).map(str::trim);
+            if let Some(v) = value.and_then(|v| v.trim_end_matches('u').parse().ok()) {
+                // names live as long as the program: leak the few parameter names once
+                params.insert(&*Box::leak(name.to_string().into_boxed_str()), v);
+            }
+        }
+    }
+    params
+}
+
+/// Keep the lines between `// @if NAME` and `// @else` / `// @endif` when the @param NAME is
+/// non-zero, the lines after `// @else` otherwise (not nested).
+fn conditionals(lines: &[String], params: &Params) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut keep: Option<bool> = None; // None: outside any @if
+    for line in lines {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("// @if ") {
+            if keep.is_some() {
+                return Err("nested `// @if`".into());
+            }
+            let v = params.get(name.trim()).ok_or_else(|| format!("`// @if {name}`: no such @param"))?;
+            keep = Some(*v != 0);
+        } else if t == "// @else" {
+            keep = Some(!keep.ok_or("`// @else` without `// @if`")?);
+        } else if t == "// @endif" {
+            keep.take().ok_or("`// @endif` without `// @if`")?;
+        } else if keep.unwrap_or(true) {
+            out.push(line.clone());
+        }
+    }
+    if keep.is_some() {
+        return Err("`// @if` without `// @endif`".into());
+    }
+    Ok(out)
 }
 
 /// `const NAME: u32 = ...; // @param rest` -> (NAME, "@param rest").
@@ -107,7 +184,8 @@ fn unroll(lines: &[String], params: &Params) -> std::result::Result<Vec<String>,
         let body = unroll(&lines[i + 2..end], params)?;
         let indent: String = header.chars().take_while(|c| c.is_whitespace()).collect();
         for k in 0..count {
-            out.push(format!("{indent}{{ let {var} = {k}u;"));
+            // `const`, so that the index is a const-expression (subgroupBroadcast needs one)
+            out.push(format!("{indent}{{ const {var} = {k}u;"));
             out.extend(body.iter().cloned());
             out.push(format!("{indent}}}"));
         }
@@ -137,8 +215,8 @@ mod tests {
         p.insert("N", 4);
         let out = specialise("t", src, &p).unwrap();
         assert!(out.contains("const N: u32 = 4u;"));
-        assert_eq!(out.matches("let i = ").count(), 4);
-        assert_eq!(out.matches("let j = ").count(), 12);
+        assert_eq!(out.matches("const i = ").count(), 4);
+        assert_eq!(out.matches("const j = ").count(), 12);
         assert!(!out.contains("for ("));
     }
 

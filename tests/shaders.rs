@@ -1,5 +1,6 @@
-//! Every `.wgsl` file validates with naga as written, and every specialisation the planner can
-//! choose (head dims 1..=256 under the lavapipe and WebGPU-default limits) validates too.
+//! Every `.wgsl` file validates with naga as written (includes resolved), every file is known to
+//! the include table, and every specialisation the planner can choose (head dims 1..=256 under the
+//! lavapipe and WebGPU-default limits) validates too.
 
 use wgpu_attention::kernels::flash::TileConfig;
 use wgpu_attention::shader;
@@ -11,8 +12,15 @@ fn every_wgsl_file_validates_as_written() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "wgsl") {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
             let text = std::fs::read_to_string(&path).unwrap();
-            shader::validate(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                shader::FILES.iter().any(|(n, t)| *n == name && *t == text),
+                "{name} is missing from shader::FILES"
+            );
+            // as written: with its own @param values (which also resolves includes, @if, @unroll)
+            let defaults = shader::defaults(&shader::resolve_includes(&name, &text).unwrap());
+            shader::specialise(&name, &text, &defaults).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
         }
     }
@@ -38,4 +46,15 @@ fn every_specialisation_validates() {
         }
     }
     assert!(seen.len() > 8);
+    // the register family for every subgroup size from 4 to 128, and without subgroups
+    for d in [1, 3, 8, 40, 59, 64, 96, 111, 128, 160, 255, 256] {
+        for sg in [Some(4), Some(8), Some(16), Some(32), Some(64), Some(128), None] {
+            let cfg = TileConfig::register(d, sg);
+            assert!(cfg.bk <= sg.unwrap_or(8), "{cfg:?}: key block wider than the subgroup");
+            assert!(32 % cfg.bq == 0, "{cfg:?}: query tile must divide the block-table sizes");
+            if seen.insert(cfg) {
+                cfg.specialised_source().unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+            }
+        }
+    }
 }

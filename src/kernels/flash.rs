@@ -18,6 +18,7 @@ use crate::shader::Params;
 use crate::tensor::{check_buffer_size, Tensor};
 
 const SOURCE: &str = include_str!("../../shaders/flash_forward.wgsl");
+const REGISTER_SOURCE: &str = include_str!("../../shaders/flash_register.wgsl");
 
 /// Keys one invocation may loop over. Lavapipe stops an invocation after 65,535 loop iterations in
 /// total (the kernel's only run-time loop is the key-tile loop), and an f32 running sum over very
@@ -28,28 +29,69 @@ pub const MAX_KEYS_PER_SPLIT: u32 = 16_384;
 /// Workgroups below which the key range is split further to keep the adapter busy.
 const MIN_WORKGROUPS: u64 = 64;
 
-/// Tile sizes of one specialisation of the tiled kernel.
+/// The kernel families of the fused forward; both take every option and mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `flash_forward.wgsl`: FlashAttention-2 tiles in workgroup memory (discrete GPUs).
+    Tiled,
+    /// `flash_register.wgsl`: rows and accumulators in registers, K/V rows shared by subgroup
+    /// broadcast (`subgroups`) or loaded by every invocation (adapters without subgroups).
+    Register {
+        /// Share K/V rows with `subgroupBroadcast`.
+        subgroups: bool,
+    },
+}
+
+impl Family {
+    /// The name `WGATTN_KERNEL` takes: `tiled`, `register`, `register-nosubgroup`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Family::Tiled => "tiled",
+            Family::Register { subgroups: true } => "register",
+            Family::Register { subgroups: false } => "register-nosubgroup",
+        }
+    }
+
+    /// Parse a `WGATTN_KERNEL` name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.trim() {
+            "tiled" => Ok(Family::Tiled),
+            "register" => Ok(Family::Register { subgroups: true }),
+            "register-nosubgroup" => Ok(Family::Register { subgroups: false }),
+            other => Err(Error::InvalidOption(format!(
+                "kernel `{other}`: expected tiled, register or register-nosubgroup"
+            ))),
+        }
+    }
+}
+
+/// One specialisation of a kernel family: its tiles and the head dim it is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileConfig {
+    /// The family.
+    pub family: Family,
     /// Query rows per workgroup.
     pub bq: u32,
-    /// Keys per tile.
+    /// Keys per tile (per key block for the register family).
     pub bk: u32,
-    /// Invocations per query row.
+    /// Tiled: invocations per query row. Register: query rows per invocation.
     pub tpr: u32,
-    /// Head dim padded to a multiple of `4·tpr`.
+    /// Head dim padded (to a multiple of `4·tpr` for tiled, of 4 for register).
     pub d_pad: u32,
 }
 
+/// Invocations per workgroup of the register family.
+const REGISTER_WG: u32 = 8;
+
 impl TileConfig {
-    /// The largest tiles that fit the adapter's workgroup memory and invocation limits.
+    /// Tiled family: the largest tiles that fit the adapter's workgroup memory and invocations.
     pub fn choose(head_dim: usize, limits: &wgpu::Limits) -> Result<Self> {
         let tpr = if head_dim <= 64 { 4 } else { 8 };
         let d_pad = (head_dim as u32).div_ceil(4 * tpr) * 4 * tpr;
         let candidates = [(32, 32), (16, 32), (16, 16), (8, 16), (8, 8), (4, 8), (2, 8)];
         let mut smallest = 0;
         for (bq, bk) in candidates {
-            let c = Self { bq, bk, tpr, d_pad };
+            let c = Self { family: Family::Tiled, bq, bk, tpr, d_pad };
             smallest = c.workgroup_bytes();
             if c.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
                 && bq * tpr <= limits.max_compute_invocations_per_workgroup
@@ -66,31 +108,111 @@ impl TileConfig {
         })
     }
 
-    /// Workgroup memory of the specialisation: Q and K/V tiles (vec4) plus the S and P tiles.
+    /// Register family: rows per invocation by head dim (4 up to 64, 2 up to 128, else 1), key
+    /// blocks of `min(8, subgroup_min_size)` with subgroups, 8 without.
+    pub fn register(head_dim: usize, subgroup_min_size: Option<u32>) -> Self {
+        let rows = match head_dim {
+            0..=64 => 4,
+            65..=128 => 2,
+            _ => 1,
+        };
+        let (subgroups, kb) = match subgroup_min_size {
+            Some(s) => (true, s.clamp(1, 8)),
+            None => (false, 8),
+        };
+        Self {
+            family: Family::Register { subgroups },
+            bq: REGISTER_WG * rows,
+            bk: kb,
+            tpr: rows,
+            d_pad: (head_dim as u32).div_ceil(4) * 4,
+        }
+    }
+
+    /// The specialisation of `family` for `head_dim` on this context's adapter.
+    pub fn for_family(ctx: &Context, family: Family, head_dim: usize) -> Result<Self> {
+        match family {
+            Family::Tiled => Self::choose(head_dim, ctx.limits()),
+            Family::Register { subgroups: true } => {
+                let a = ctx.adapter();
+                if !a.features.contains(wgpu::Features::SUBGROUP) {
+                    return Err(Error::UnsupportedFeature {
+                        feature: "SUBGROUP",
+                        hint: "use the tiled or register-nosubgroup kernel",
+                    });
+                }
+                Ok(Self::register(head_dim, Some(a.info.subgroup_min_size.max(1))))
+            }
+            Family::Register { subgroups: false } => Ok(Self::register(head_dim, None)),
+        }
+    }
+
+    /// Workgroup memory of the specialisation (tiled: Q and K/V tiles plus S and P; register: 0).
     pub fn workgroup_bytes(&self) -> u32 {
-        let dv = self.d_pad / 4;
-        (self.bq * dv + self.bk * dv) * 16 + 2 * self.bq * self.bk * 4
+        match self.family {
+            Family::Tiled => {
+                let dv = self.d_pad / 4;
+                (self.bq * dv + self.bk * dv) * 16 + 2 * self.bq * self.bk * 4
+            }
+            Family::Register { .. } => 0,
+        }
     }
 
     /// The WGSL of this specialisation (validated by naga).
     pub fn specialised_source(&self) -> Result<String> {
-        crate::shader::specialise("flash_forward.wgsl", SOURCE, &self.params())
+        let (name, source) = self.source();
+        crate::shader::specialise(name, source, &self.params())
+    }
+
+    fn source(&self) -> (&'static str, &'static str) {
+        match self.family {
+            Family::Tiled => ("flash_forward.wgsl", SOURCE),
+            Family::Register { .. } => ("flash_register.wgsl", REGISTER_SOURCE),
+        }
     }
 
     fn params(&self) -> Params {
-        let wg = self.bq * self.tpr;
         let dv = self.d_pad / 4;
-        Params::from([
-            ("BQ", self.bq),
-            ("BK", self.bk),
-            ("TPR", self.tpr),
-            ("DV", dv),
-            ("KPT", self.bk / self.tpr),
-            ("OPT", dv / self.tpr),
-            ("QLOADS", (self.bq * dv).div_ceil(wg)),
-            ("KVLOADS", (self.bk * dv).div_ceil(wg)),
-        ])
+        match self.family {
+            Family::Tiled => {
+                let wg = self.bq * self.tpr;
+                Params::from([
+                    ("BQ", self.bq),
+                    ("BK", self.bk),
+                    ("TPR", self.tpr),
+                    ("DV", dv),
+                    ("KPT", self.bk / self.tpr),
+                    ("OPT", dv / self.tpr),
+                    ("QLOADS", (self.bq * dv).div_ceil(wg)),
+                    ("KVLOADS", (self.bk * dv).div_ceil(wg)),
+                ])
+            }
+            Family::Register { subgroups } => Params::from([
+                ("R", self.tpr),
+                ("KB", self.bk),
+                ("DV", dv),
+                ("WG", REGISTER_WG),
+                ("SUBGROUPS", subgroups as u32),
+            ]),
+        }
     }
+}
+
+/// The kernel family for this call: `WGATTN_KERNEL` when set, else the adapter's default:
+/// register on CPU adapters (lavapipe, SwiftShader: workgroup memory is slow there, see
+/// LAVAPIPE.md), with subgroups when the adapter has them; tiled on GPUs.
+pub fn default_family(ctx: &Context) -> Result<Family> {
+    if let Ok(name) = std::env::var("WGATTN_KERNEL") {
+        if !name.trim().is_empty() {
+            return Family::from_name(&name);
+        }
+    }
+    let a = ctx.adapter();
+    let subgroups = a.features.contains(wgpu::Features::SUBGROUP);
+    Ok(match a.info.device_type {
+        wgpu::DeviceType::Cpu => Family::Register { subgroups },
+        _ => Family::Tiled,
+    })
 }
 
 /// Mirrors `Params` in flash_forward.wgsl.
@@ -257,7 +379,11 @@ pub fn plan(
     kv_layout: Layout,
 ) -> Result<Plan> {
     let limits = ctx.limits();
-    let tiles = TileConfig::choose(p.head_dim, limits)?;
+    let family = match attn.kernel {
+        Some(f) => f,
+        None => crate::tune::family_for(ctx, p.head_dim, attn)?,
+    };
+    let tiles = TileConfig::for_family(ctx, family, p.head_dim)?;
     let rows = Rows::new(p.q_shape(), p.group(), tiles.bq as usize, table.is_none());
     let q_tiles = rows.tiles();
     // key tiles of the longest row of tiles
@@ -493,7 +619,9 @@ pub fn forward_into(
         None
     };
 
-    let pipeline = pipeline(ctx, "flash_forward.wgsl", SOURCE, &plan.tiles.params())?;
+    ctx.set_last_kernel(plan.tiles);
+    let (name, source) = plan.tiles.source();
+    let pipeline = pipeline(ctx, name, source, &plan.tiles.params())?;
     let layout = pipeline.get_bind_group_layout(0);
 
     let timer = ctx.timer();

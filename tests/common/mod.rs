@@ -11,7 +11,12 @@ use wgpu_attention::Context;
 pub const F32_REL_TOL: f64 = 1e-5;
 
 /// The shared context. A machine without an adapter FAILS here, with instructions.
+///
+/// Tests run the adapter's default family without autotuning (tuning compiles every family for
+/// every head dim: minutes on lavapipe); `tests/families.rs` runs every family explicitly and
+/// `tests/tune.rs` the tuner.
 pub fn ctx() -> &'static Context {
+    no_tuning();
     static CTX: OnceLock<Context> = OnceLock::new();
     CTX.get_or_init(|| match Context::new() {
         Ok(c) => c,
@@ -41,4 +46,10 @@ pub fn check_on(ctx: &Context, case: &Case) {
 /// `check_on` with the shared context.
 pub fn check(case: &Case) {
     check_on(ctx(), case)
+}
+
+/// Turn autotuning off for this test process (see [`ctx`]).
+pub fn no_tuning() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("WGATTN_TUNE", "off"));
 }

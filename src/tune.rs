@@ -1,0 +1,216 @@
+//! Autotuning of the kernel family, keyed by problem class and adapter, cached on disk.
+//!
+//! The fastest fused-forward design differs by adapter (workgroup-memory tiles on a discrete GPU,
+//! registers and subgroup broadcasts on lavapipe: ../shared/LAVAPIPE.md), so the family is
+//! measured, not guessed from a vendor name. On the first call for a [`TuneKey`] (adapter, driver,
+//! wgpu version, padded head dim, dtype, mask class) each candidate family runs a representative
+//! problem (B1 H4 N512, that head dim and mask class: one warm-up call, which also pays the
+//! shader compilation, then the median of three) and the fastest is kept, in memory and in a small
+//! text file (`$WGATTN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgpu-attention`, else
+//! `~/.cache/wgpu-attention`; file `tune.tsv`, a line `key<TAB>family`).
+//!
+//! Controls: `WGATTN_KERNEL=tiled|register|register-nosubgroup` forces a family (tests,
+//! reproducible benches); `WGATTN_TUNE=off` skips measuring and uses [`default_family`]
+//! (register on CPU adapters, tiled elsewhere). `wgattn tune` fills the cache ahead of time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::attention::{Attention, Causal, Layout, Shape};
+use crate::context::Context;
+use crate::error::Result;
+use crate::kernels::flash::{default_family, forward, Family, TileConfig};
+use crate::mask::Mask;
+use crate::tensor::Tensor;
+
+/// The wgpu release the kernels are built against (part of the tuning key).
+pub const WGPU_VERSION: &str = "30";
+
+/// Mask classes that may prefer different families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaskClass {
+    /// No mask, or key padding only.
+    Dense,
+    /// Causal.
+    Causal,
+    /// A block table (masks, patterns, top-k).
+    Table,
+}
+
+impl MaskClass {
+    /// The class of a call's options.
+    pub fn of(attn: &Attention) -> Self {
+        if attn.mask.is_some() || attn.block_mask.is_some() || attn.topk.is_some() {
+            MaskClass::Table
+        } else if attn.causal.is_some() {
+            MaskClass::Causal
+        } else {
+            MaskClass::Dense
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            MaskClass::Dense => "dense",
+            MaskClass::Causal => "causal",
+            MaskClass::Table => "table",
+        }
+    }
+}
+
+/// What a tuning result is valid for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TuneKey {
+    /// Adapter name, backend, driver and driver info.
+    pub adapter: String,
+    /// wgpu release.
+    pub wgpu: &'static str,
+    /// Head dim rounded up to a multiple of 32 (kernels specialise on the padded dim).
+    pub head_dim: usize,
+    /// Element type.
+    pub dtype: &'static str,
+    /// Mask class.
+    pub mask: MaskClass,
+}
+
+impl TuneKey {
+    /// The key of a call on `ctx`.
+    pub fn new(ctx: &Context, head_dim: usize, mask: MaskClass) -> Self {
+        let i = &ctx.adapter().info;
+        Self {
+            adapter: format!("{} ({:?}, {}, {})", i.name, i.backend, i.driver, i.driver_info),
+            wgpu: WGPU_VERSION,
+            head_dim: head_dim.div_ceil(32) * 32,
+            dtype: "f32",
+            mask,
+        }
+    }
+    fn line_key(&self) -> String {
+        format!("{}|wgpu{}|d{}|{}|{}", self.adapter, self.wgpu, self.head_dim, self.dtype, self.mask.name())
+            .replace(['\t', '\n'], " ")
+    }
+}
+
+/// Per-context tuning state.
+#[derive(Default)]
+pub(crate) struct Tuner {
+    chosen: Mutex<HashMap<TuneKey, Family>>,
+}
+
+/// The families worth timing on this adapter.
+pub fn candidates(ctx: &Context) -> Vec<Family> {
+    let mut c = vec![Family::Tiled, Family::Register { subgroups: false }];
+    if ctx.adapter().features.contains(wgpu::Features::SUBGROUP) {
+        c.push(Family::Register { subgroups: true });
+    }
+    c
+}
+
+/// The cache file (see the module docs), if a home can be found.
+pub fn cache_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("WGATTN_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgpu-attention")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("wgpu-attention"))
+        })?;
+    Some(dir.join("tune.tsv"))
+}
+
+fn read_cache(key: &TuneKey) -> Option<Family> {
+    let text = std::fs::read_to_string(cache_file()?).ok()?;
+    let k = key.line_key();
+    text.lines().rev().find_map(|l| {
+        let (lk, fam) = l.split_once('\t')?;
+        if lk == k {
+            Family::from_name(fam).ok()
+        } else {
+            None
+        }
+    })
+}
+
+fn write_cache(key: &TuneKey, family: Family) {
+    let Some(path) = cache_file() else { return };
+    let line = format!("{}\t{}\n", key.line_key(), family.name());
+    let result = std::fs::create_dir_all(path.parent().unwrap_or(&path)).and_then(|()| {
+        use std::io::Write;
+        std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(line.as_bytes())
+    });
+    if let Err(e) = result {
+        log::warn!("could not write the tuning cache {}: {e}", path.display());
+    }
+}
+
+/// The family for a call: `WGATTN_KERNEL`, else `WGATTN_TUNE=off` → [`default_family`], else the
+/// tuned choice (measured now if neither memory nor the disk cache knows the key).
+pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Family> {
+    let forced = std::env::var("WGATTN_KERNEL").ok().filter(|s| !s.trim().is_empty());
+    let off = std::env::var("WGATTN_TUNE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("off"));
+    if forced.is_some() || off {
+        return default_family(ctx);
+    }
+    let key = TuneKey::new(ctx, head_dim, MaskClass::of(attn));
+    if let Some(f) = ctx.tuner.chosen.lock().unwrap().get(&key) {
+        return Ok(*f);
+    }
+    let family = match read_cache(&key) {
+        Some(f) => f,
+        None => {
+            let (f, _) = tune(ctx, &key)?;
+            write_cache(&key, f);
+            f
+        }
+    };
+    ctx.tuner.chosen.lock().unwrap().insert(key, family);
+    Ok(family)
+}
+
+/// Time every candidate family on the representative problem of `key`; returns the fastest and
+/// every candidate's median time in milliseconds (None where it failed).
+pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Vec<(Family, Option<f64>)>)> {
+    let (n, heads, d) = (512, 4, key.head_dim.min(crate::MAX_HEAD_DIM));
+    let shape = Shape::new(1, heads, n, d);
+    let data: Vec<f32> = (0..shape.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let host = crate::HostTensor::new(data, shape, Layout::Bhsd)?;
+    let t = Tensor::upload(ctx, &host)?;
+    let base = match key.mask {
+        MaskClass::Dense => Attention::new(),
+        MaskClass::Causal => Attention::new().causal(Causal::BottomRight),
+        MaskClass::Table => Attention::new().mask(Mask::window(128, 0)).causal(Causal::BottomRight),
+    };
+    let mut times = Vec::new();
+    for family in candidates(ctx) {
+        if TileConfig::for_family(ctx, family, d).is_err() {
+            times.push((family, None));
+            continue;
+        }
+        let attn = Attention { kernel: Some(family), ..base.clone() };
+        let run = || -> Result<f64> {
+            let start = Instant::now();
+            forward(ctx, &t, &t, &t, &attn)?;
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        };
+        let timed = run().and_then(|_| {
+            let mut ms = [run()?, run()?, run()?];
+            ms.sort_by(f64::total_cmp);
+            Ok(ms[1])
+        });
+        match timed {
+            Ok(ms) => times.push((family, Some(ms))),
+            Err(e) => {
+                log::warn!("tuning: {} failed: {e}", family.name());
+                times.push((family, None));
+            }
+        }
+    }
+    let best = times
+        .iter()
+        .filter_map(|(f, t)| t.map(|t| (*f, t)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(f, _)| f)
+        .map_or_else(|| default_family(ctx), Ok)?;
+    log::info!("tuned {key:?}: {times:?} -> {}", best.name());
+    Ok((best, times))
+}
