@@ -167,9 +167,12 @@ pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Fa
     Ok(family)
 }
 
+/// Each candidate's median time in milliseconds (None where it could not run).
+pub type Timings = Vec<(Family, Option<f64>)>;
+
 /// Time every candidate family on the representative problem of `key`; returns the fastest and
-/// every candidate's median time in milliseconds (None where it failed).
-pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Vec<(Family, Option<f64>)>)> {
+/// every candidate's timing.
+pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
     let (n, heads, d) = (512, 4, key.head_dim.min(crate::MAX_HEAD_DIM));
     let shape = Shape::new(1, heads, n, d);
     let data: Vec<f32> = (0..shape.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
