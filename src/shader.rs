@@ -27,6 +27,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("flash_forward.wgsl", include_str!("../shaders/flash_forward.wgsl")),
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
     ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
+    ("naive.wgsl", include_str!("../shaders/naive.wgsl")),
     ("topk.wgsl", include_str!("../shaders/topk.wgsl")),
 ];
 

@@ -131,6 +131,11 @@ fn read_cache(key: &TuneKey) -> Option<Family> {
     })
 }
 
+/// Write `family` as the choice for `key` to the disk cache (later entries win).
+pub fn remember(key: &TuneKey, family: Family) {
+    write_cache(key, family)
+}
+
 fn write_cache(key: &TuneKey, family: Family) {
     let Some(path) = cache_file() else { return };
     let line = format!("{}\t{}\n", key.line_key(), family.name());

@@ -3,6 +3,7 @@
 
 pub mod flash;
 pub(crate) mod merge;
+pub mod naive;
 pub mod topk;
 
 use crate::context::Context;
