@@ -36,8 +36,14 @@ impl Drop for TempDir {
     }
 }
 
+/// Run the binary. Autotuning is off (each new head dim would otherwise time every kernel family,
+/// compiling each: minutes on lavapipe); tests/tune.rs covers the tuner.
 fn wgattn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgattn")).args(args).output().expect("spawn wgattn")
+    Command::new(env!("CARGO_BIN_EXE_wgattn"))
+        .env("WGATTN_TUNE", "off")
+        .args(args)
+        .output()
+        .expect("spawn wgattn")
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -3,17 +3,23 @@
 //! - `wgattn info` describes the adapter the library picks (and the limits its kernels care about);
 //! - `wgattn check` runs a randomised suite of the GPU kernel against the f64 oracle on that
 //!   adapter;
-//! - `wgattn run` computes attention on NumPy `.npy` files, on the GPU or with the CPU oracle.
+//! - `wgattn run` computes attention on NumPy `.npy` files, on the GPU or with the CPU oracle;
+//! - `wgattn tune` fills the kernel-family tuning cache for this adapter;
+//! - `wgattn bench` times the backends (fused and naive GPU kernels, fast CPU path, oracle) over
+//!   shapes and masks and writes a table, JSON, CSV and an SVG plot.
 //!
 //! This file holds the argument definitions, the dispatch and the exit codes:
 //! 0 success, 1 `check` found a failing case, 2 any error (bad arguments, bad input files, no
 //! adapter, a library error). Errors are printed to stderr as one `error: ...` line.
 
+mod bench;
 mod check;
 mod info;
 mod masks;
 mod npy;
+mod plot;
 mod run;
+mod tune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +60,20 @@ enum Command {
                             them allows it."
     )]
     Run(Box<RunArgs>),
+    /// Time the backends over shapes and masks: table on stdout, optional JSON, CSV and SVG plot.
+    #[command(after_help = bench::AFTER_HELP)]
+    Bench(Box<BenchArgs>),
+    /// Time every kernel family on this adapter for common head dims and mask classes, keep the
+    /// fastest per key, and write the tuning cache the library reads.
+    Tune(TuneArgs),
+}
+
+/// Options of `wgattn tune`.
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// Head dims to tune (each is rounded up to a multiple of 32).
+    #[arg(long, value_delimiter = ',', value_name = "D,...", default_value = "32,64,128,256")]
+    pub head_dim: Vec<usize>,
 }
 
 /// Options of `wgattn check`.
@@ -157,6 +177,73 @@ pub struct RunArgs {
     pub device: DeviceArg,
 }
 
+/// Options of `wgattn bench`. Every axis takes a comma-separated list; the sweep is their cross
+/// product. Axes left out take the defaults (or `--quick`'s smaller ones).
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Backends [default: gpu-fused,gpu-naive,cpu-fast].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "B,...")]
+    pub backend: Option<Vec<bench::Backend>>,
+    /// Masks [default: dense,causal]. window: causal sliding window of --window keys; block-sparse:
+    /// random 64-blocks at --density (diagonal kept); topk: the ceil(density·blocks) best 64-blocks
+    /// per query block; decode: one query against Nk keys (causal).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "M,...")]
+    pub mode: Option<Vec<bench::Mode>>,
+    /// Query (and, without --kv-seq, key) lengths [default: 512,1024,2048; --quick: 256,512].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub seq: Option<Vec<usize>>,
+    /// Key lengths, crossed with --seq [default: equal to --seq]; decode's cache length.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub kv_seq: Option<Vec<usize>>,
+    /// Head dims [default: 64].
+    #[arg(long, value_delimiter = ',', value_name = "D,...")]
+    pub head_dim: Option<Vec<usize>>,
+    /// Query heads [default: 8; --quick: 4].
+    #[arg(long, value_delimiter = ',', value_name = "H,...")]
+    pub heads: Option<Vec<usize>>,
+    /// K/V heads, each dividing the query heads (GQA/MQA) [default: equal to --heads].
+    #[arg(long, value_delimiter = ',', value_name = "H,...")]
+    pub kv_heads: Option<Vec<usize>>,
+    /// Batch sizes [default: 1].
+    #[arg(long, value_delimiter = ',', value_name = "B,...")]
+    pub batch: Option<Vec<usize>>,
+    /// Block densities of block-sparse and topk, in (0, 1] [default: 0.1].
+    #[arg(long, value_delimiter = ',', value_name = "F,...")]
+    pub density: Option<Vec<f64>>,
+    /// Element types [default: f32, the only one the kernels have].
+    #[arg(long, value_delimiter = ',', value_name = "T,...")]
+    pub dtype: Option<Vec<String>>,
+    /// Window of the window mode: keys before the query's position.
+    #[arg(long, value_name = "W", default_value_t = 256)]
+    pub window: usize,
+    /// Timed repetitions per row (fewer when one call is long) [default: 5; --quick: 3].
+    #[arg(long, value_name = "N")]
+    pub reps: Option<usize>,
+    /// Skip a row whose call would take longer than this, predicted from the same backend and
+    /// mode's speed at a smaller size earlier in the sweep.
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    pub max_call_seconds: f64,
+    /// A small sweep that finishes in about a minute on a software adapter.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seed of the random inputs and block masks.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the rows as a JSON array.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write the rows as CSV.
+    #[arg(long, value_name = "PATH")]
+    pub csv: Option<PathBuf>,
+    /// Draw GFLOP/s against sequence length, one line per backend and mode, as SVG.
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
+    /// Add the rows of JSON files in the bench's format (e.g. from scripts/torch_sdpa.py) to the
+    /// table, plot, JSON and CSV.
+    #[arg(long, value_delimiter = ',', value_name = "PATH,...")]
+    pub merge_json: Option<Vec<PathBuf>>,
+}
+
 /// `--layout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LayoutArg {
@@ -240,6 +327,8 @@ fn main() -> ExitCode {
                 .map(|all_passed| if all_passed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
         }
         Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Tune(args) => tune::tune(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {}", one_line(&e.to_string()));
