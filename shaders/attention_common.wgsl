@@ -129,7 +129,12 @@ fn tile_of(wid: u32, bq: u32, bk: u32) -> Tile {
     var t: Tile;
     let split = wid % params.n_splits;
     let rest = wid / params.n_splits;
-    let q_tile_idx = params.q_tile0 + rest % params.q_tiles;
+    // zig-zag over the query tiles (0, n−1, 1, n−2, …): with causal masks the work per tile grows
+    // with its index, and adapters that hand each thread a contiguous run of workgroups
+    // (lavapipe) would otherwise give one thread most of it
+    let t_local = rest % params.q_tiles;
+    let zz = select(params.q_tiles - 1u - t_local / 2u, t_local / 2u, t_local % 2u == 0u);
+    let q_tile_idx = params.q_tile0 + zz;
     let pair = rest / params.q_tiles;
     t.split = split;
     t.kv_head = params.kv_head0 + pair % params.kv_heads;
