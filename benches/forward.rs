@@ -1,7 +1,9 @@
-//! Criterion benches of the fused forward on the default adapter, reported as FLOP/s with the
-//! standard count (4·B·Hq·Nq·Nk·D, halved for causal). Run: `cargo bench --bench forward`.
+//! Criterion benches of the fused forward (the autotuned family, or `WGATTN_KERNEL`) and of the
+//! naive three-pass baseline on the default adapter, reported as FLOP/s with the standard count
+//! (4·B·Hq·Nq·Nk·D, halved for causal). Run: `cargo bench --bench forward`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wgpu_attention::kernels::naive;
 use wgpu_attention::testing::Case;
 use wgpu_attention::{forward, Attention, Causal, Context, Tensor};
 
@@ -28,6 +30,12 @@ fn bench_forward(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| forward(&ctx, &q, &k, &v, &attn).unwrap())
             });
+            // the naive baseline materialises S: only where it is affordable
+            if n <= 1024 {
+                group.bench_with_input(BenchmarkId::new(format!("naive_{name}"), n), &n, |b, _| {
+                    b.iter(|| naive::forward(&ctx, &q, &k, &v, &attn).unwrap())
+                });
+            }
         }
     }
     group.finish();
