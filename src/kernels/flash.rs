@@ -9,8 +9,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::merge::{self, MergeBuffers, MergeParams};
 use super::topk;
-use super::{dispatches, pipeline, window_bytes, Window};
-use crate::attention::{Attention, Causal, Layout, Problem, Shape};
+use super::{causal_code, dispatches, pipeline, strides4, window_bytes, Window};
+use crate::attention::{Attention, Layout, Problem, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::mask::BlockMask;
@@ -470,11 +470,6 @@ pub fn plan(
     Ok(Plan { tiles, n_splits, tiles_per_split, chunks })
 }
 
-fn strides4(layout: Layout, shape: Shape) -> [u32; 4] {
-    let [b, h, s] = layout.strides(shape);
-    [b as u32, h as u32, s as u32, 0]
-}
-
 /// Attention forward on device tensors: O (in Q's layout) and LSE, freshly allocated.
 pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
     let p = attn.validate(q.shape, k.shape, v.shape)?;
@@ -656,11 +651,7 @@ pub fn forward_into(
                 q_tiles: c.nt as u32,
                 n_splits: plan.n_splits,
                 tiles_per_split: plan.tiles_per_split,
-                causal: match attn.causal {
-                    None => 0,
-                    Some(Causal::TopLeft) => 1,
-                    Some(Causal::BottomRight) => 2,
-                },
+                causal: causal_code(attn),
                 use_alibi: attn.alibi_slopes.is_some() as u32,
                 alibi_offset,
                 use_softcap: attn.softcap.is_some() as u32,
@@ -677,9 +668,9 @@ pub fn forward_into(
                 lists_offset: table_params[5],
                 entries_offset: table_params[6],
                 bits_offset: table_params[7],
-                q_stride: strides4(q.layout, p.q_shape()),
-                k_stride: strides4(k.layout, p.kv_shape()),
-                v_stride: strides4(v.layout, p.kv_shape()),
+                q_stride: strides4(q),
+                k_stride: strides4(k),
+                v_stride: strides4(v),
                 ..Default::default()
             };
             let (o_res, lse_res);
@@ -699,7 +690,7 @@ pub fn forward_into(
                 o_res = po.as_entire_binding();
                 lse_res = pl.as_entire_binding();
             } else {
-                fp.o_stride = strides4(o.layout, p.q_shape());
+                fp.o_stride = strides4(o);
                 fp.o_base = ow.base;
                 fp.lse_stride = [(p.q_heads * p.q_len) as u32, p.q_len as u32, 1, 0];
                 fp.lse_base = lw.base;
@@ -746,7 +737,7 @@ pub fn forward_into(
                     rows_per_head: rows.rph as u32,
                     batch0: c.b0 as u32,
                     kv_head0: c.kh0 as u32,
-                    o_stride: strides4(o.layout, p.q_shape()),
+                    o_stride: strides4(o),
                     lse_stride_b: (p.q_heads * p.q_len) as u32,
                     lse_stride_h: p.q_len as u32,
                     ..Default::default()

@@ -6,9 +6,11 @@ pub(crate) mod merge;
 pub mod naive;
 pub mod topk;
 
+use crate::attention::{Attention, Causal};
 use crate::context::Context;
 use crate::error::Result;
 use crate::shader::{self, Params};
+use crate::tensor::Tensor;
 
 /// Build (or fetch from the context's cache) the pipeline of `source` specialised by `params`.
 pub(crate) fn pipeline(
@@ -76,6 +78,21 @@ impl Window {
 /// Bytes a window over `[start, end)` elements occupies in the worst alignment case.
 pub(crate) fn window_bytes(ctx: &Context, start: u64, end: u64) -> u64 {
     (end - start) * 4 + ctx.limits().min_storage_buffer_offset_alignment as u64
+}
+
+/// Element strides (batch, head, seq, 0) of a tensor as the kernels' uniforms take them.
+pub(crate) fn strides4(t: &Tensor) -> [u32; 4] {
+    let [b, h, s] = t.layout.strides(t.shape);
+    [b as u32, h as u32, s as u32, 0]
+}
+
+/// The kernels' causal code: 0 none, 1 top-left, 2 bottom-right.
+pub(crate) fn causal_code(attn: &Attention) -> u32 {
+    match attn.causal {
+        None => 0,
+        Some(Causal::TopLeft) => 1,
+        Some(Causal::BottomRight) => 2,
+    }
 }
 
 /// Dispatches covering `total` workgroups under the per-dimension limit: `(first workgroup,

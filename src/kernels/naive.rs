@@ -20,8 +20,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::flash::Output;
-use super::{dispatches, entry_pipeline};
-use crate::attention::{Attention, Causal, Layout, Problem, Shape};
+use super::{causal_code, dispatches, entry_pipeline, strides4};
+use crate::attention::{Attention, Layout, Problem, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::shader::Params;
@@ -114,11 +114,6 @@ struct NaiveParams {
     k_stride: [u32; 4],
     v_stride: [u32; 4],
     o_stride: [u32; 4],
-}
-
-fn strides4(layout: Layout, shape: Shape) -> [u32; 4] {
-    let [b, h, s] = layout.strides(shape);
-    [b as u32, h as u32, s as u32, 0]
 }
 
 /// Bytes of the score matrix S of problem `p`.
@@ -278,20 +273,16 @@ pub fn forward_into(
         head_dim: p.head_dim as u32,
         q_heads: p.q_heads as u32,
         group: p.group() as u32,
-        causal: match attn.causal {
-            None => 0,
-            Some(Causal::TopLeft) => 1,
-            Some(Causal::BottomRight) => 2,
-        },
+        causal: causal_code(attn),
         use_alibi: attn.alibi_slopes.is_some() as u32,
         alibi_offset,
         use_softcap: attn.softcap.is_some() as u32,
         scale: attn.scale_for(p.head_dim),
         softcap: attn.softcap.unwrap_or(1.0),
-        q_stride: strides4(q.layout, p.q_shape()),
-        k_stride: strides4(k.layout, p.kv_shape()),
-        v_stride: strides4(v.layout, p.kv_shape()),
-        o_stride: strides4(out.o.layout, p.q_shape()),
+        q_stride: strides4(q),
+        k_stride: strides4(k),
+        v_stride: strides4(v),
+        o_stride: strides4(&out.o),
         ..Default::default()
     };
 

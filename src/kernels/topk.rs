@@ -3,8 +3,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dispatches, entry_pipeline};
-use crate::attention::{Attention, Causal, Problem};
+use super::{causal_code, dispatches, entry_pipeline, strides4};
+use crate::attention::{Attention, Problem};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::mask::{TopK, TOPK_MAX};
@@ -45,11 +45,6 @@ struct TopKParams {
 pub(crate) fn table_words(p: &Problem, t: &TopK) -> (usize, usize) {
     let lists = p.batch * p.q_heads * p.q_len.div_ceil(t.block_size);
     (lists * 2, lists * (t.k + 2) * 2)
-}
-
-fn strides(t: &Tensor) -> [u32; 4] {
-    let [b, h, s] = t.layout.strides(t.shape);
-    [b as u32, h as u32, s as u32, 0]
 }
 
 /// Record pooling, scoring and selection into `pass`; the table lands in `aux` at the offsets.
@@ -109,17 +104,13 @@ pub(crate) fn encode(
         k_blocks: kbs as u32,
         k: t.k as u32,
         sink: t.sink as u32,
-        causal: match attn.causal {
-            None => 0,
-            Some(Causal::TopLeft) => 1,
-            Some(Causal::BottomRight) => 2,
-        },
+        causal: causal_code(attn),
         scale: attn.scale_for(p.head_dim),
         lists_offset,
         entries_offset,
         pooled_k_offset: pooled_q as u32,
-        q_stride: strides(q),
-        k_stride: strides(k),
+        q_stride: strides4(q),
+        k_stride: strides4(k),
         ..Default::default()
     };
     let steps: [(&'static str, usize, &[u32]); 4] = [
