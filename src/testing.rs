@@ -107,6 +107,9 @@ impl std::fmt::Display for Case {
         if let Some(s) = a.block_size {
             write!(f, " block={s}")?;
         }
+        if let Some(k) = &a.kernel {
+            write!(f, " kernel={}", k.name())?;
+        }
         if let Some(t) = &a.topk {
             write!(f, " topk(k={},block={},sink={})", t.k, t.block_size, t.sink)?;
         }

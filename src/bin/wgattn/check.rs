@@ -13,7 +13,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
-use wgpu_attention::{Attention, Causal, Context, Layout};
+use wgpu_attention::{tune, Attention, Causal, Context, Layout, Mask};
 
 use crate::{one_line, CheckArgs, CliError};
 
@@ -29,6 +29,7 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
     println!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
 
     let mut cases = if args.quick { quick() } else { full() };
+    cases.extend(families(&ctx, args.quick));
     cases.extend(random(seed, if args.quick { 2 } else { 12 }));
     let names: Vec<String> = cases.iter().map(ToString::to_string).collect();
     let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
@@ -80,7 +81,7 @@ fn full() -> Vec<Case> {
 
     // Every head-dim class (padding, tiles per row) at odd sizes, no options.
     let sizes = [(113, 203), (128, 217), (108, 256), (256, 512), (512, 256)];
-    for (i, d) in [32, 40, 59, 64, 80, 96, 111, 128, 160, 256].into_iter().enumerate() {
+    for (i, d) in HEAD_DIMS.into_iter().enumerate() {
         let (nq, nk) = sizes[i % sizes.len()];
         cases.push(Case::new(nq, nk, d).heads(1, 2, 2));
     }
@@ -148,7 +149,42 @@ fn full() -> Vec<Case> {
     // Decoding-like: one query against a long cache (automatic splits), and a single key.
     cases.extend([Case::new(1, 4097, 128).heads(1, 8, 2).attn(br()), Case::new(97, 1, 64).heads(1, 2, 2)]);
 
+    // Masks lowered to block tables, sparse patterns, and dynamic top-k chosen on the device.
+    let docs = Mask::documents_from_offsets(&[vec![0, 50, 51, 200], vec![0, 200]]).expect("valid offsets");
+    cases.extend([
+        Case::new(150, 230, 64).heads(2, 4, 2).attn(br().mask(Mask::window(33, 33)).kv_lens(vec![230, 101])),
+        Case::new(200, 200, 40).heads(2, 4, 2).attn(br().mask(docs)),
+        Case::new(160, 200, 64).heads(1, 2, 1).attn(Attention::new().mask(Mask::Prefix(64))),
+        Case::new(210, 210, 64).heads(1, 4, 2).attn(br().mask(Mask::bigbird(16, 2, 2, 32, 7)).block_size(32)),
+        Case::new(257, 257, 59).heads(1, 2, 2).attn(Attention::new().mask(Mask::longformer(24, 3))),
+        Case::new(257, 333, 64).heads(1, 4, 2).attn(br().topk(3, 32)),
+    ]);
+
     cases.extend(long());
+    cases
+}
+
+/// A few cases run by every kernel family this adapter has (tiled, register with and without
+/// subgroups), whatever family the tuner would pick: a new adapter is checked on all of them.
+/// Head dims 40 and 64 only: the register families unroll everything, and lavapipe needs up to
+/// minutes to compile them at large head dims (the default family covers those above).
+fn families(ctx: &Context, quick: bool) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for family in tune::candidates(ctx) {
+        let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
+        cases.push(
+            Case::new(113, 203, 40).heads(2, 4, 2).attn(with(Attention::new().causal(Causal::BottomRight))),
+        );
+        if !quick {
+            cases.extend([
+                Case::new(128, 217, 64).layout(Layout::Bshd).attn(with(Attention::new().kv_lens(vec![150]))),
+                Case::new(200, 200, 64)
+                    .heads(1, 2, 1)
+                    .attn(with(Attention::new().mask(Mask::longformer(20, 2)))),
+                Case::new(64, 5000, 64).attn(with(Attention::new().num_splits(3))),
+            ]);
+        }
+    }
     cases
 }
 
@@ -183,12 +219,17 @@ fn quick() -> Vec<Case> {
 
 /// `n` cases with random sizes, layout and options drawn from `seed`, each small enough for the
 /// oracle (at most about 8M multiply-adds).
+/// The head dims of the fixed cases.
+const HEAD_DIMS: [usize; 10] = [32, 40, 59, 64, 80, 96, 111, 128, 160, 256];
+
 fn random(seed: u64, n: usize) -> Vec<Case> {
     const MAX_WORK: usize = 8 << 20;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     (0..n)
         .map(|_| {
-            let head_dim = rng.random_range(1..=256);
+            // head dims the fixed cases already use: each new padded head dim compiles a pipeline,
+            // which takes lavapipe 1 to 30 s
+            let head_dim = HEAD_DIMS[rng.random_range(0..HEAD_DIMS.len())];
             let (batch, kv_heads, group) =
                 (rng.random_range(1..=3), rng.random_range(1..=2), rng.random_range(1..=3));
             let q_heads = kv_heads * group;
