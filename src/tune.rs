@@ -190,7 +190,7 @@ pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
     };
     let mut times = Vec::new();
     for family in candidates(ctx) {
-        if TileConfig::for_family(ctx, family, d).is_err() {
+        if TileConfig::for_family(ctx, family, d, (key.mask == MaskClass::Table).then_some(64)).is_err() {
             times.push((family, None));
             continue;
         }

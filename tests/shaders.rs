@@ -49,11 +49,16 @@ fn every_specialisation_validates() {
     // the register family for every subgroup size from 4 to 128, and without subgroups
     for d in [1, 3, 8, 40, 59, 64, 96, 111, 128, 160, 255, 256] {
         for sg in [Some(4), Some(8), Some(16), Some(32), Some(64), Some(128), None] {
-            let cfg = TileConfig::register(d, sg);
-            assert!(cfg.bk <= sg.unwrap_or(8), "{cfg:?}: key block wider than the subgroup");
-            assert!(32 % cfg.bq == 0, "{cfg:?}: query tile must divide the block-table sizes");
-            if seen.insert(cfg) {
-                cfg.specialised_source().unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+            for table in [None, Some(32), Some(64), Some(128)] {
+                let cfg = TileConfig::register(d, sg, table);
+                assert!(cfg.bk <= sg.unwrap_or(8), "{cfg:?}: key block wider than the subgroup");
+                assert!(
+                    table.is_none_or(|s| s % cfg.bq as usize == 0),
+                    "{cfg:?}: query tile must divide the block size"
+                );
+                if seen.insert(cfg) {
+                    cfg.specialised_source().unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+                }
             }
         }
     }

@@ -108,10 +108,13 @@ impl TileConfig {
         })
     }
 
-    /// Register family: rows per invocation by head dim (4 up to 64, 2 up to 128, else 1), key
-    /// blocks of `min(8, subgroup_min_size)` with subgroups, 8 without.
-    pub fn register(head_dim: usize, subgroup_min_size: Option<u32>) -> Self {
+    /// Register family: rows per invocation by head dim (up to 64: 8, or 4 with a block table of
+    /// 32-blocks, which the workgroup's 8·rows query rows must divide; up to 128: 2; else 1), key
+    /// blocks of `min(8, subgroup_min_size)` with subgroups, 8 without. `table`: the block size of
+    /// the call's block table, if it has one.
+    pub fn register(head_dim: usize, subgroup_min_size: Option<u32>, table: Option<usize>) -> Self {
         let rows = match head_dim {
+            0..=64 if table.is_none_or(|size| size % 64 == 0) => 8,
             0..=64 => 4,
             65..=128 => 2,
             _ => 1,
@@ -129,8 +132,9 @@ impl TileConfig {
         }
     }
 
-    /// The specialisation of `family` for `head_dim` on this context's adapter.
-    pub fn for_family(ctx: &Context, family: Family, head_dim: usize) -> Result<Self> {
+    /// The specialisation of `family` for `head_dim` on this context's adapter (`table`: the block
+    /// size of the call's block table, if any).
+    pub fn for_family(ctx: &Context, family: Family, head_dim: usize, table: Option<usize>) -> Result<Self> {
         match family {
             Family::Tiled => Self::choose(head_dim, ctx.limits()),
             Family::Register { subgroups: true } => {
@@ -141,9 +145,9 @@ impl TileConfig {
                         hint: "use the tiled or register-nosubgroup kernel",
                     });
                 }
-                Ok(Self::register(head_dim, Some(a.info.subgroup_min_size.max(1))))
+                Ok(Self::register(head_dim, Some(a.info.subgroup_min_size.max(1)), table))
             }
-            Family::Register { subgroups: false } => Ok(Self::register(head_dim, None)),
+            Family::Register { subgroups: false } => Ok(Self::register(head_dim, None, table)),
         }
     }
 
@@ -383,7 +387,7 @@ pub fn plan(
         Some(f) => f,
         None => crate::tune::family_for(ctx, p.head_dim, attn)?,
     };
-    let tiles = TileConfig::for_family(ctx, family, p.head_dim)?;
+    let tiles = TileConfig::for_family(ctx, family, p.head_dim, table.map(|(_, size)| size))?;
     let rows = Rows::new(p.q_shape(), p.group(), tiles.bq as usize, table.is_none());
     let q_tiles = rows.tiles();
     // key tiles of the longest row of tiles
