@@ -2,7 +2,7 @@
 //! It implements every option of [`Attention`] and is the ground truth of the tests and of
 //! `wgattn check`. It is slow on purpose: obviously right beats fast here.
 
-use crate::attention::{Attention, Causal, HostTensor, Layout};
+use crate::attention::{Attention, Causal, HostTensor};
 use crate::error::Result;
 
 /// Output of the oracle.
@@ -131,21 +131,6 @@ pub fn compare_lse(got: &[f32], want: &[f64]) -> f64 {
             acc.max(e)
         }
     })
-}
-
-/// Layout helper for callers that want a result in another order.
-pub fn relayout(data: &[f64], shape: crate::attention::Shape, from: Layout, to: Layout) -> Vec<f64> {
-    let mut out = vec![0.0; data.len()];
-    for b in 0..shape.batch {
-        for h in 0..shape.heads {
-            for s in 0..shape.seq {
-                for d in 0..shape.head_dim {
-                    out[to.offset(shape, b, h, s, d)] = data[from.offset(shape, b, h, s, d)];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The top-k block selection of [`crate::mask::TopK`] in f64: per (batch, query head, query

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::merge::{self, MergeBuffers, MergeParams};
 use super::topk;
-use super::{causal_code, dispatches, pipeline, strides4, window_bytes, Window};
+use super::{causal_code, dispatch_all, pipeline, strides4, window_bytes, Window};
 use crate::attention::{Attention, Layout, Problem, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -621,7 +621,6 @@ pub fn forward_into(
     ctx.set_last_kernel(plan.tiles);
     let (name, source) = plan.tiles.source();
     let pipeline = pipeline(ctx, name, source, &plan.tiles.params())?;
-    let layout = pipeline.get_bind_group_layout(0);
 
     let timer = ctx.timer();
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -702,31 +701,17 @@ pub fn forward_into(
                 lse_res = lw.binding(&lse.buffer);
             }
             let total = (c.nb * c.nkh * c.nt) as u64 * ns;
-            for (offset, gx, gy) in dispatches(ctx, total) {
-                fp.grid_x = gx;
-                fp.wg_offset = offset;
-                let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("forward params"),
-                    contents: bytemuck::bytes_of(&fp),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
-                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("flash forward"),
-                    layout: &layout,
-                    entries: &[
-                        wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 1, resource: qw.binding(&q.buffer) },
-                        wgpu::BindGroupEntry { binding: 2, resource: kw.binding(&k.buffer) },
-                        wgpu::BindGroupEntry { binding: 3, resource: vw.binding(&v.buffer) },
-                        wgpu::BindGroupEntry { binding: 4, resource: aux.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 5, resource: o_res.clone() },
-                        wgpu::BindGroupEntry { binding: 6, resource: lse_res.clone() },
-                    ],
-                });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
-            }
+            let uniform =
+                |grid_x, wg_offset| bytemuck::bytes_of(&ForwardParams { grid_x, wg_offset, ..fp }).to_vec();
+            let resources = [
+                (1, qw.binding(&q.buffer)),
+                (2, kw.binding(&k.buffer)),
+                (3, vw.binding(&v.buffer)),
+                (4, aux.as_entire_binding()),
+                (5, o_res),
+                (6, lse_res),
+            ];
+            dispatch_all(ctx, &mut pass, &pipeline, "flash forward", total, uniform, &resources);
 
             if let Some((po, pl)) = &partial {
                 let mp = MergeParams {

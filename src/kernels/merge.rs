@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dispatches, pipeline, Window};
+use super::{dispatch_all, pipeline, Window};
 use crate::context::Context;
 use crate::error::Result;
 use crate::shader::Params;
@@ -53,28 +53,14 @@ pub(crate) fn encode(
     let elements = params.rows as u64 * params.head_dim as u64;
     params.o_base = buffers.o.1.base;
     params.lse_base = buffers.lse.1.base;
-    for (offset, gx, gy) in dispatches(ctx, elements.div_ceil(64)) {
-        params.grid_x = gx;
-        params.wg_offset = offset;
-        let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("merge params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("merge"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: buffers.part_o.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: buffers.part_lse.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 3, resource: buffers.o.1.binding(buffers.o.0) },
-                wgpu::BindGroupEntry { binding: 4, resource: buffers.lse.1.binding(buffers.lse.0) },
-            ],
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-    }
+    let uniform =
+        |grid_x, wg_offset| bytemuck::bytes_of(&MergeParams { grid_x, wg_offset, ..params }).to_vec();
+    let resources = [
+        (1, buffers.part_o.as_entire_binding()),
+        (2, buffers.part_lse.as_entire_binding()),
+        (3, buffers.o.1.binding(buffers.o.0)),
+        (4, buffers.lse.1.binding(buffers.lse.0)),
+    ];
+    dispatch_all(ctx, pass, &pipeline, "merge", elements.div_ceil(64), uniform, &resources);
     Ok(())
 }

@@ -95,6 +95,42 @@ pub(crate) fn causal_code(attn: &Attention) -> u32 {
     }
 }
 
+/// Record the dispatches covering `total` workgroups of `pipeline`. Each gets its own uniform at
+/// binding 0, made by `uniform(grid_x, first_workgroup)` (a 2D grid whose linear workgroup ids the
+/// shader offsets by `first_workgroup`), and `resources` at their bindings.
+pub(crate) fn dispatch_all(
+    ctx: &Context,
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    total: u64,
+    uniform: impl Fn(u32, u32) -> Vec<u8>,
+    resources: &[(u32, wgpu::BindingResource<'_>)],
+) {
+    let layout = pipeline.get_bind_group_layout(0);
+    for (offset, gx, gy) in dispatches(ctx, total) {
+        let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &uniform(gx, offset),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(
+            resources
+                .iter()
+                .map(|(binding, r)| wgpu::BindGroupEntry { binding: *binding, resource: r.clone() }),
+        );
+        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &layout,
+            entries: &entries,
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+}
+
 /// Dispatches covering `total` workgroups under the per-dimension limit: `(first workgroup,
 /// x, y)` for each, with x·y workgroups (the shader skips linear ids past `total`).
 pub(crate) fn dispatches(ctx: &Context, total: u64) -> Vec<(u32, u32, u32)> {

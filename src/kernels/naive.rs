@@ -20,7 +20,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::flash::Output;
-use super::{causal_code, dispatches, entry_pipeline, strides4};
+use super::{causal_code, dispatch_all, entry_pipeline, strides4};
 use crate::attention::{Attention, Layout, Problem, Shape};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -312,30 +312,11 @@ pub fn forward_into(
                        total: u64,
                        buffers: &[&wgpu::Buffer]| {
             params.total = total as u32;
-            let layout = pipeline.get_bind_group_layout(0);
-            for (offset, gx, gy) in dispatches(ctx, total) {
-                params.grid_x = gx;
-                params.wg_offset = offset;
-                let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("naive params"),
-                    contents: bytemuck::bytes_of(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
-                let mut entries =
-                    vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-                entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.as_entire_binding(),
-                }));
-                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("naive"),
-                    layout: &layout,
-                    entries: &entries,
-                });
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
-            }
+            let uniform =
+                |grid_x, wg_offset| bytemuck::bytes_of(&NaiveParams { grid_x, wg_offset, ..params }).to_vec();
+            let resources: Vec<(u32, wgpu::BindingResource<'_>)> =
+                buffers.iter().enumerate().map(|(i, b)| (i as u32 + 1, b.as_entire_binding())).collect();
+            dispatch_all(ctx, &mut pass, pipeline, "naive", total, uniform, &resources);
         };
         let bh = (p.batch * p.q_heads) as u64;
         // 1. S = scale·Q·Kᵀ (+ softcap, ALiBi, masks): tiles of 16 queries × 64 keys

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{causal_code, dispatches, entry_pipeline, strides4};
+use super::{causal_code, dispatch_all, dispatches, entry_pipeline, strides4};
 use crate::attention::{Attention, Problem};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -91,7 +91,7 @@ pub(crate) fn encode(
     let scores = scratch("top-k block scores", scores_len);
 
     let params = Params::from([("K_MAX", TOPK_MAX as u32)]);
-    let mut tp = TopKParams {
+    let tp = TopKParams {
         batch: p.batch as u32,
         q_heads: p.q_heads as u32,
         kv_heads: p.kv_heads as u32,
@@ -121,25 +121,21 @@ pub(crate) fn encode(
     ];
     for (entry, invocations, bindings) in steps {
         let pipeline = entry_pipeline(ctx, "topk.wgsl", SOURCE, entry, &params)?;
-        let layout = pipeline.get_bind_group_layout(0);
-        for (offset, gx, gy) in dispatches(ctx, (invocations as u64).div_ceil(64)) {
-            if offset != 0 {
-                return Err(Error::LimitExceeded {
-                    what: format!("top-k {entry} over {invocations} invocations"),
-                    limit: "max_compute_workgroups_per_dimension (squared)",
-                    needed: (invocations as u64).div_ceil(64),
-                    available: offset as u64,
-                });
-            }
-            tp.grid_x = gx;
-            let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("top-k params"),
-                contents: bytemuck::bytes_of(&tp),
-                usage: wgpu::BufferUsages::UNIFORM,
+        let workgroups = (invocations as u64).div_ceil(64);
+        if dispatches(ctx, workgroups).len() > 1 {
+            // these entry points index a 2D grid without a dispatch offset
+            let max = ctx.limits().max_compute_workgroups_per_dimension as u64;
+            return Err(Error::LimitExceeded {
+                what: format!("top-k {entry} over {invocations} invocations"),
+                limit: "max_compute_workgroups_per_dimension (squared)",
+                needed: workgroups,
+                available: max * max,
             });
-            let mut entries =
-                vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-            for &b in bindings {
+        }
+        let uniform = |grid_x, _| bytemuck::bytes_of(&TopKParams { grid_x, ..tp }).to_vec();
+        let resources: Vec<(u32, wgpu::BindingResource<'_>)> = bindings
+            .iter()
+            .map(|&b| {
                 let buffer = match b {
                     1 => &q.buffer,
                     2 => &k.buffer,
@@ -147,17 +143,10 @@ pub(crate) fn encode(
                     4 => &scores,
                     _ => aux,
                 };
-                entries.push(wgpu::BindGroupEntry { binding: b, resource: buffer.as_entire_binding() });
-            }
-            let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(entry),
-                layout: &layout,
-                entries: &entries,
-            });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-        }
+                (b, buffer.as_entire_binding())
+            })
+            .collect();
+        dispatch_all(ctx, pass, &pipeline, entry, workgroups, uniform, &resources);
     }
     Ok(())
 }
