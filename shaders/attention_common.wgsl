@@ -70,8 +70,15 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+// K and V as vec4s when VEC4 (head dim, strides and window bases all multiples of 4: one 16-byte
+// load per 4 elements), else as scalars
+// @if VEC4
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+// @else
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+// @endif
 @group(0) @binding(4) var<storage, read> aux: array<u32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
@@ -89,6 +96,12 @@ fn load4_q(base: u32, d0: u32) -> vec4<f32> {
 }
 
 fn load4_k(base: u32, d0: u32) -> vec4<f32> {
+// @if VEC4
+    if (d0 >= params.head_dim) {
+        return vec4<f32>(0.0);
+    }
+    return k[(base + d0) / 4u];
+// @else
     var r = vec4<f32>(0.0);
     let d = params.head_dim;
     if (d0 < d) { r.x = k[base + d0]; }
@@ -96,9 +109,16 @@ fn load4_k(base: u32, d0: u32) -> vec4<f32> {
     if (d0 + 2u < d) { r.z = k[base + d0 + 2u]; }
     if (d0 + 3u < d) { r.w = k[base + d0 + 3u]; }
     return r;
+// @endif
 }
 
 fn load4_v(base: u32, d0: u32) -> vec4<f32> {
+// @if VEC4
+    if (d0 >= params.head_dim) {
+        return vec4<f32>(0.0);
+    }
+    return v[(base + d0) / 4u];
+// @else
     var r = vec4<f32>(0.0);
     let d = params.head_dim;
     if (d0 < d) { r.x = v[base + d0]; }
@@ -106,6 +126,7 @@ fn load4_v(base: u32, d0: u32) -> vec4<f32> {
     if (d0 + 2u < d) { r.z = v[base + d0 + 2u]; }
     if (d0 + 3u < d) { r.w = v[base + d0 + 3u]; }
     return r;
+// @endif
 }
 
 
@@ -122,6 +143,8 @@ struct Tile {
     tile_end: u32,
     list_start: u32,   // first entry of the block-table list (with a table)
     sub_tiles: u32,    // key tiles per table block
+    k_head: u32,       // element index of key 0 of this (batch, kv head) in the K binding
+    v_head: u32,       // likewise in V
 }
 
 // The workgroup with linear id `wid` (false when past the end), for BQ query rows and key tiles of BK.
@@ -176,6 +199,8 @@ fn tile_of(wid: u32, bq: u32, bk: u32) -> Tile {
         t.sub_tiles = params.block_size / bk;
         n_tiles = aux[params.lists_offset + 2u * list + 1u] * t.sub_tiles;
     }
+    t.k_head = t.batch * params.k_stride.x + t.kv_head * params.k_stride.y - params.k_base;
+    t.v_head = t.batch * params.v_stride.x + t.kv_head * params.v_stride.y - params.v_base;
     t.tile_begin = min(split * params.tiles_per_split, n_tiles);
     t.tile_end = min(t.tile_begin + params.tiles_per_split, n_tiles);
     return t;
@@ -186,7 +211,7 @@ struct Row {
     h: u32,
     i: u32,
     valid: bool,           // false for rows past the end or padding rows
-    slope: f32,            // ALiBi slope of the head (0 without ALiBi)
+    slope: f32,            // ALiBi slope of the head times log2 e (0 without ALiBi)
     row_in_block: u32,     // row within its table block
 }
 
@@ -199,21 +224,31 @@ fn row_of(t: Tile, p: u32) -> Row {
     row.i = min(pc % rph, params.q_len - 1u);
     row.valid = p < packed_rows && p % rph < params.q_len;
     row.slope = 0.0;
-    if (params.use_alibi != 0u) {
-        row.slope = bitcast<f32>(aux[params.alibi_offset + row.h]);
-    }
+// @if ALIBI
+    row.slope = bitcast<f32>(aux[params.alibi_offset + row.h]) * LOG2E;
+// @endif
     row.row_in_block = row.i % max(params.block_size, 1u);
     return row;
 }
 
-// Query row elements d0..d0+3, pre-scaled (zero for invalid rows and past D).
+// The factor Q is pre-multiplied by: scale·log2 e, so that q·k is the score in the log2 domain;
+// only scale with a softcap, whose tanh needs the natural-domain score.
+fn q_scale() -> f32 {
+// @if SOFTCAP
+    return params.scale;
+// @else
+    return params.scale * LOG2E;
+// @endif
+}
+
+// Query row elements d0..d0+3, pre-scaled by q_scale() (zero for invalid rows and past D).
 fn load_q4(t: Tile, row: Row, d0: u32) -> vec4<f32> {
     if (!row.valid) {
         return vec4<f32>(0.0);
     }
     let base = t.batch * params.q_stride.x + row.h * params.q_stride.y + row.i * params.q_stride.z
         - params.q_base;
-    return load4_q(base, d0) * params.scale;
+    return load4_q(base, d0) * q_scale();
 }
 
 // Key / value row elements d0..d0+3 (zero past Nk and past D).
@@ -221,18 +256,33 @@ fn load_k4(t: Tile, key: u32, d0: u32) -> vec4<f32> {
     if (key >= params.kv_len) {
         return vec4<f32>(0.0);
     }
-    let base = t.batch * params.k_stride.x + t.kv_head * params.k_stride.y + key * params.k_stride.z
-        - params.k_base;
-    return load4_k(base, d0);
+    return load4_k(t.k_head + key * params.k_stride.z, d0);
 }
 
 fn load_v4(t: Tile, key: u32, d0: u32) -> vec4<f32> {
     if (key >= params.kv_len) {
         return vec4<f32>(0.0);
     }
-    let base = t.batch * params.v_stride.x + t.kv_head * params.v_stride.y + key * params.v_stride.z
-        - params.v_base;
-    return load4_v(base, d0);
+    return load4_v(t.v_head + key * params.v_stride.z, d0);
+}
+
+// The dv-th vec4 of K / V row `key`, for kernels whose padded head dim is D itself. Keys past Nk
+// read the last row instead (finite values; every kernel masks those keys), so with VEC4 a load
+// is one unconditional vec4 read.
+fn key4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
+// @if VEC4
+    return k[(t.k_head + min(key, params.kv_len - 1u) * params.k_stride.z) / 4u + dv];
+// @else
+    return load_k4(t, key, dv * 4u);
+// @endif
+}
+
+fn value4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
+// @if VEC4
+    return v[(t.v_head + min(key, params.kv_len - 1u) * params.v_stride.z) / 4u + dv];
+// @else
+    return load_v4(t, key, dv * 4u);
+// @endif
 }
 
 // First key of the tile-th key tile (of bk keys), and its bitmap (NO_BITS: none needed).
@@ -251,29 +301,40 @@ fn tile_needs_mask(t: Tile, k0: u32, bits_at: u32, bk: u32) -> bool {
         || (params.causal != 0u && i32(k0 + bk - 1u) > i32(t.i_min) + t.offset);
 }
 
-// The score of `dot` (= scale·q·k) for key `key`: softcap, ALiBi, then log2 domain; MASKED where
-// the key is invisible (tested only when `needs_mask`).
-fn score(t: Tile, row: Row, dot: f32, key: u32, needs_mask: bool, bits_at: u32) -> f32 {
+// The score in the log2 domain of `dot` (q·k with Q pre-scaled by q_scale()) for key `key`:
+// softcap, then ALiBi (both compiled in only when the call uses them; masks are separate).
+fn score(t: Tile, row: Row, dot: f32, key: u32) -> f32 {
     var s = dot;
-    if (params.use_softcap != 0u) {
-        s = params.softcap * tanh(s / params.softcap);
+// @if SOFTCAP
+    s = params.softcap * tanh(s / params.softcap) * LOG2E;
+// @endif
+// @if ALIBI
+    s -= row.slope * abs(f32(i32(row.i) + i32(t.kv_len_b) - i32(params.q_len) - i32(key)));
+// @endif
+    return s;
+}
+
+// Whether `key` is visible to `row`: key padding, causality, and with BITS the partial block's
+// bitmap (`bits_at`, or NO_BITS). Branch-free but for the bitmap: CPU adapters (llvmpipe) run
+// both sides of every `if` under a lane mask, so an `if` saves nothing there.
+fn visible(t: Tile, row: Row, key: u32, bits_at: u32) -> bool {
+    var vis = (key < t.kv_len_b) & ((params.causal == 0u) | (i32(key) <= i32(row.i) + t.offset));
+// @if BITS
+    if (bits_at != NO_BITS) {
+        let col = key % params.block_size;
+        let word = aux[params.bits_offset + bits_at
+            + row.row_in_block * (params.block_size / 32u) + col / 32u];
+        vis = vis && ((word >> (col % 32u)) & 1u) == 1u;
     }
-    if (params.use_alibi != 0u) {
-        s -= row.slope * abs(f32(i32(row.i) + i32(t.kv_len_b) - i32(params.q_len) - i32(key)));
-    }
-    s *= LOG2E;
-    if (needs_mask) {
-        var visible = key < t.kv_len_b;
-        if (params.causal != 0u) {
-            visible = visible && i32(key) <= i32(row.i) + t.offset;
-        }
-        if (bits_at != NO_BITS) {
-            let col = key % params.block_size;
-            let word = aux[params.bits_offset + bits_at
-                + row.row_in_block * (params.block_size / 32u) + col / 32u];
-            visible = visible && ((word >> (col % 32u)) & 1u) == 1u;
-        }
-        s = select(MASKED, s, visible);
+// @endif
+    return vis;
+}
+
+// score(), MASKED where the key is invisible (tested only when `needs_mask`).
+fn masked_score(t: Tile, row: Row, dot: f32, key: u32, needs_mask: bool, bits_at: u32) -> f32 {
+    let s = score(t, row, dot, key);
+    if (needs_mask && !visible(t, row, key, bits_at)) {
+        return MASKED;
     }
     return s;
 }

@@ -19,6 +19,10 @@ const KPT: u32 = 4u; // @param BK / TPR: scores per invocation per tile
 const OPT: u32 = 4u; // @param DV / TPR: O vec4s per invocation
 const QLOADS: u32 = 4u; // @param ceil(BQ·DV / WG)
 const KVLOADS: u32 = 4u; // @param ceil(BK·DV / WG)
+const VEC4: u32 = 0u; // @param 1: K and V bound as vec4s (head dim, strides, bases multiples of 4)
+const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
+const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
+const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
 
 const WG: u32 = BQ * TPR;
 
@@ -83,7 +87,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
                 dot4 = fma(q_tile[r * DV + dv], kv_tile[c * DV + dv], dot4);
             }
             let dot = dot4.x + dot4.y + dot4.z + dot4.w;
-            s_tile[r * BK + c] = score(tile, row, dot, k0 + c, needs_mask, bits_at);
+            s_tile[r * BK + c] = masked_score(tile, row, dot, k0 + c, needs_mask, bits_at);
         }
         workgroupBarrier();
 

@@ -17,6 +17,13 @@ const KB: u32 = 8u; // @param keys per block (at most the smallest subgroup size
 const DV: u32 = 16u; // @param head dim rounded up to 4, / 4
 const WG: u32 = 8u; // @param invocations per workgroup
 const SUBGROUPS: u32 = 1u; // @param 1: share K/V rows by subgroup broadcast, 0: load per invocation
+const VEC4: u32 = 0u; // @param 1: K and V bound as vec4s (head dim, strides, bases multiples of 4)
+const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
+const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
+const RH: u32 = 4u; // @param rows whose O accumulators P·V updates together (divides R)
+const RHS: u32 = 1u; // @param R / RH
+const VPK: u32 = 2u; // @param ceil(DV / KB): V vec4s each key step of the scores loads
+const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
 
 const BQ: u32 = WG * R;
 
@@ -54,47 +61,76 @@ fn main(
     }
 
 // @if SUBGROUPS
-    let my_key = min(lane, KB - 1u);      // the key row of the block this lane loads
-    var kv_row: array<vec4<f32>, DV>;
+    // Software pipelining: loads (a per-lane loop on CPU adapters) are spread among the arithmetic
+    // so that they overlap with it: the V rows of a block load during its scores, the K rows of
+    // the next block during its P·V.
+    let my_key = min(lane, KB - 1u);      // the key row of each block this lane loads
+    var k_row: array<vec4<f32>, DV>;
+    var v_row: array<vec4<f32>, DV>;
+    if (tile.tile_begin < tile.tile_end) {
+        let first = key_tile(tile, tile.tile_begin, KB).x;
+        // @unroll
+        for (var dv = 0u; dv < DV; dv++) {
+            k_row[dv] = key4(tile, first + my_key, dv);
+        }
+    }
 // @endif
     var s: array<f32, R * KB>;            // scores, then probabilities, of the block
+    var rescale: array<f32, R>;           // exp2(m_old − m_new) of each row, for O
 
     for (var kt = tile.tile_begin; kt < tile.tile_end; kt++) {
         let kb = key_tile(tile, kt, KB);
         let k0 = kb.x;
         let bits_at = kb.y;
-        let needs_mask = tile_needs_mask(tile, k0, bits_at, KB);
-
-        // 1. scores of the R rows against the KB keys
 // @if SUBGROUPS
-        // @unroll
-        for (var dv = 0u; dv < DV; dv++) {
-            kv_row[dv] = load_k4(tile, k0 + my_key, dv * 4u);
-        }
+        let next_k0 = key_tile(tile, min(kt + 1u, tile.tile_end - 1u), KB).x;
 // @endif
+
+        // 1. scores of the R rows against the KB keys. Key kk in turn; each vec4 of its row
+        // (broadcast from lane kk, or loaded) serves all R rows at once, whose dot products
+        // accumulate as scalars (R independent chains in registers).
         // @unroll
         for (var kk = 0u; kk < KB; kk++) {
-            var dots: array<vec4<f32>, R>;
+            var dots: array<f32, R>;
             // @unroll
             for (var r = 0u; r < R; r++) {
-                dots[r] = vec4<f32>(0.0);
+                dots[r] = 0.0;
             }
             // @unroll
             for (var dv = 0u; dv < DV; dv++) {
 // @if SUBGROUPS
-                let kv = subgroupBroadcast(kv_row[dv], kk);
+                let kv = subgroupBroadcast(k_row[dv], kk);
 // @else
-                let kv = load_k4(tile, k0 + kk, dv * 4u);
+                let kv = key4(tile, k0 + kk, dv);
 // @endif
                 // @unroll
                 for (var r = 0u; r < R; r++) {
-                    dots[r] = fma(qreg[r * DV + dv], kv, dots[r]);
+                    let qv = qreg[r * DV + dv];
+                    dots[r] = fma(qv.w, kv.w, fma(qv.z, kv.z, fma(qv.y, kv.y, fma(qv.x, kv.x, dots[r]))));
                 }
             }
             // @unroll
             for (var r = 0u; r < R; r++) {
-                let dot = dots[r].x + dots[r].y + dots[r].z + dots[r].w;
-                s[r * KB + kk] = score(tile, rows[r], dot, k0 + kk, needs_mask, bits_at);
+                s[r * KB + kk] = score(tile, rows[r], dots[r], k0 + kk);
+            }
+// @if SUBGROUPS
+            // this block's V rows, VPK vec4s per key
+            // @unroll
+            for (var j = 0u; j < VPK; j++) {
+                if (kk * VPK + j < DV) {
+                    const dv = min(kk * VPK + j, DV - 1u);
+                    v_row[dv] = value4(tile, k0 + my_key, dv);
+                }
+            }
+// @endif
+        }
+
+        // masks, branch-free (a uniform `if (needs_mask)` would not skip the work on CPU adapters)
+        // @unroll
+        for (var r = 0u; r < R; r++) {
+            // @unroll
+            for (var kk = 0u; kk < KB; kk++) {
+                s[r * KB + kk] = select(MASKED, s[r * KB + kk], visible(tile, rows[r], k0 + kk, bits_at));
             }
         }
 
@@ -119,33 +155,42 @@ fn main(
                 p_sum += p;
             }
             l[r] = l[r] * alpha + p_sum;
-            // @unroll
-            for (var dv = 0u; dv < DV; dv++) {
-                acc[r * DV + dv] *= alpha;
-            }
+            rescale[r] = alpha;           // applied to O in the P·V loop below (no extra pass)
         }
 
-        // 3. O += P·V
-// @if SUBGROUPS
+        // 3. O += P·V. Each O vec4 column dv in turn, for RH rows at a time: their accumulators
+        // stay in registers over the whole key block (one load and store per KB keys), each
+        // value vec4 (broadcast from lane kk, or loaded) serving the RH rows.
         // @unroll
         for (var dv = 0u; dv < DV; dv++) {
-            kv_row[dv] = load_v4(tile, k0 + my_key, dv * 4u);
-        }
-// @endif
-        // @unroll
-        for (var kk = 0u; kk < KB; kk++) {
             // @unroll
-            for (var dv = 0u; dv < DV; dv++) {
-// @if SUBGROUPS
-                let vv = subgroupBroadcast(kv_row[dv], kk);
-// @else
-                let vv = load_v4(tile, k0 + kk, dv * 4u);
-// @endif
+            for (var rh = 0u; rh < RHS; rh++) {
+                var a: array<vec4<f32>, RH>;
                 // @unroll
-                for (var r = 0u; r < R; r++) {
-                    acc[r * DV + dv] = fma(vec4<f32>(s[r * KB + kk]), vv, acc[r * DV + dv]);
+                for (var ri = 0u; ri < RH; ri++) {
+                    a[ri] = acc[(rh * RH + ri) * DV + dv] * rescale[rh * RH + ri];
+                }
+                // @unroll
+                for (var kk = 0u; kk < KB; kk++) {
+// @if SUBGROUPS
+                    let vv = subgroupBroadcast(v_row[dv], kk);
+// @else
+                    let vv = value4(tile, k0 + kk, dv);
+// @endif
+                    // @unroll
+                    for (var ri = 0u; ri < RH; ri++) {
+                        a[ri] = fma(vec4<f32>(s[(rh * RH + ri) * KB + kk]), vv, a[ri]);
+                    }
+                }
+                // @unroll
+                for (var ri = 0u; ri < RH; ri++) {
+                    acc[(rh * RH + ri) * DV + dv] = a[ri];
                 }
             }
+// @if SUBGROUPS
+            // the next block's K row (the last block reloads its own, unused)
+            k_row[dv] = key4(tile, next_k0 + my_key, dv);
+// @endif
         }
     }
 

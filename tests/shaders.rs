@@ -1,8 +1,8 @@
-//! Every `.wgsl` file validates with naga as written (includes resolved), every file is known to
-//! the include table, and every specialisation the planner can choose (head dims 1..=256 under the
+//! Every kernel `.wgsl` file validates with naga as written (includes resolved; shared code as part
+//! of the kernels that include it), every file is known to the include table, and every specialisation the planner can choose (head dims 1..=256 under the
 //! lavapipe and WebGPU-default limits) validates too.
 
-use wgpu_attention::kernels::flash::TileConfig;
+use wgpu_attention::kernels::flash::{TileConfig, Variant};
 use wgpu_attention::shader;
 
 #[test]
@@ -18,6 +18,16 @@ fn every_wgsl_file_validates_as_written() {
                 shader::FILES.iter().any(|(n, t)| *n == name && *t == text),
                 "{name} is missing from shader::FILES"
             );
+            if !text.contains("@compute") {
+                // shared code (attention_common.wgsl) takes its @params from the kernels that
+                // include it, and is validated as part of each
+                let line = format!("// @include {name}");
+                assert!(
+                    shader::FILES.iter().any(|(_, t)| t.lines().any(|l| l.trim() == line)),
+                    "{name} has no entry point and no kernel includes it"
+                );
+                continue;
+            }
             // as written: with its own @param values (which also resolves includes, @if, @unroll)
             let defaults = shader::defaults(&shader::resolve_includes(&name, &text).unwrap());
             shader::specialise(&name, &text, &defaults).unwrap_or_else(|e| panic!("{e}"));
@@ -41,7 +51,7 @@ fn every_specialisation_validates() {
             let cfg = TileConfig::choose(d, &limits).unwrap();
             assert!(cfg.workgroup_bytes() <= limits.max_compute_workgroup_storage_size);
             if seen.insert(cfg) {
-                cfg.specialised_source().unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+                validate(cfg, d);
             }
         }
     }
@@ -57,9 +67,24 @@ fn every_specialisation_validates() {
                     "{cfg:?}: query tile must divide the block size"
                 );
                 if seen.insert(cfg) {
-                    cfg.specialised_source().unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+                    validate(cfg, d);
                 }
             }
         }
+    }
+}
+
+/// `cfg` in the variants a call with head dim `d` can compile: vec4 K/V loads where D allows them
+/// (scalar loads too, for adapters with a binding alignment under 16 bytes), with and without the
+/// softcap and ALiBi terms and the bitmap test of partial blocks.
+fn validate(cfg: TileConfig, d: usize) {
+    let vec4 = d.is_multiple_of(4);
+    for variant in [
+        Variant { vec4, softcap: false, alibi: false, bitmaps: false },
+        Variant { vec4, softcap: true, alibi: true, bitmaps: true },
+        Variant { vec4: false, softcap: true, alibi: false, bitmaps: true },
+        Variant { vec4: false, softcap: false, alibi: true, bitmaps: false },
+    ] {
+        cfg.specialised_source(variant).unwrap_or_else(|e| panic!("{cfg:?} {variant:?}: {e}"));
     }
 }

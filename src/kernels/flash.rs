@@ -80,6 +80,44 @@ pub struct TileConfig {
     pub d_pad: u32,
 }
 
+/// What a call compiles into its kernel besides the tiles: how K and V are read and which score
+/// terms exist. Each combination is its own pipeline, so a term the call does not use costs
+/// nothing in the inner loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// K and V are read as vec4s: the head dim is a multiple of 4 (so are all strides) and binding
+    /// windows start 16-byte aligned.
+    pub vec4: bool,
+    /// Logit soft-capping.
+    pub softcap: bool,
+    /// ALiBi biases.
+    pub alibi: bool,
+    /// A block table with partial blocks, whose bitmaps the kernel tests per element.
+    pub bitmaps: bool,
+}
+
+impl Variant {
+    /// The variant of a call with head dim `head_dim`, options `attn` and block table `table`.
+    pub fn for_call(ctx: &Context, head_dim: usize, attn: &Attention, table: Option<&BlockMask>) -> Self {
+        Self {
+            vec4: head_dim.is_multiple_of(4)
+                && ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16),
+            softcap: attn.softcap.is_some(),
+            alibi: attn.alibi_slopes.is_some(),
+            bitmaps: table.is_some_and(|t| !t.bits.is_empty()),
+        }
+    }
+
+    fn params(&self) -> [(&'static str, u32); 4] {
+        [
+            ("VEC4", self.vec4 as u32),
+            ("SOFTCAP", self.softcap as u32),
+            ("ALIBI", self.alibi as u32),
+            ("BITS", self.bitmaps as u32),
+        ]
+    }
+}
+
 /// Invocations per workgroup of the register family.
 const REGISTER_WG: u32 = 8;
 
@@ -109,14 +147,14 @@ impl TileConfig {
     }
 
     /// Register family: rows per invocation by head dim (up to 64: 8, or 4 with a block table of
-    /// 32-blocks, which the workgroup's 8·rows query rows must divide; up to 128: 2; else 1), key
+    /// 32-blocks, which the workgroup's 8·rows query rows must divide; up to 128: 4; else 1), key
     /// blocks of `min(8, subgroup_min_size)` with subgroups, 8 without. `table`: the block size of
     /// the call's block table, if it has one.
     pub fn register(head_dim: usize, subgroup_min_size: Option<u32>, table: Option<usize>) -> Self {
         let rows = match head_dim {
             0..=64 if table.is_none_or(|size| size % 64 == 0) => 8,
             0..=64 => 4,
-            65..=128 => 2,
+            65..=128 => 4,
             _ => 1,
         };
         let (subgroups, kb) = match subgroup_min_size {
@@ -162,10 +200,10 @@ impl TileConfig {
         }
     }
 
-    /// The WGSL of this specialisation (validated by naga).
-    pub fn specialised_source(&self) -> Result<String> {
+    /// The WGSL of this specialisation in `variant` (validated by naga).
+    pub fn specialised_source(&self, variant: Variant) -> Result<String> {
         let (name, source) = self.source();
-        crate::shader::specialise(name, source, &self.params())
+        crate::shader::specialise(name, source, &self.params(variant))
     }
 
     fn source(&self) -> (&'static str, &'static str) {
@@ -175,9 +213,12 @@ impl TileConfig {
         }
     }
 
-    fn params(&self) -> Params {
+    fn params(&self, variant: Variant) -> Params {
         let dv = self.d_pad / 4;
-        match self.family {
+        // rows whose O accumulators P·V updates together: 4 vec4s of 8 lanes (16 of the 32
+        // vector registers of a CPU adapter) stay in registers over a key block
+        let rh = self.tpr.min(4);
+        let mut params = match self.family {
             Family::Tiled => {
                 let wg = self.bq * self.tpr;
                 Params::from([
@@ -197,8 +238,13 @@ impl TileConfig {
                 ("DV", dv),
                 ("WG", REGISTER_WG),
                 ("SUBGROUPS", subgroups as u32),
+                ("RH", rh),
+                ("RHS", self.tpr / rh),
+                ("VPK", dv.div_ceil(self.bk)),
             ]),
-        }
+        };
+        params.extend(variant.params());
+        params
     }
 }
 
@@ -620,7 +666,8 @@ pub fn forward_into(
 
     ctx.set_last_kernel(plan.tiles);
     let (name, source) = plan.tiles.source();
-    let pipeline = pipeline(ctx, name, source, &plan.tiles.params())?;
+    let variant = Variant::for_call(ctx, p.head_dim, attn, table);
+    let pipeline = pipeline(ctx, name, source, &plan.tiles.params(variant))?;
 
     let timer = ctx.timer();
     let mut encoder = ctx.device.create_command_encoder(&Default::default());

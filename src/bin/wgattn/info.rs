@@ -38,12 +38,14 @@ fn describe(ctx: &Context) -> String {
 
     let l = &a.limits;
     out.push_str("limits:\n");
-    let limits: [(&str, u64, bool); 7] = [
+    let limits: [(&str, u64, bool); 9] = [
         ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size.into(), true),
         ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup.into(), false),
         ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension.into(), false),
         ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size, true),
         ("max_buffer_size", l.max_buffer_size, true),
+        ("max_uniform_buffer_binding_size", l.max_uniform_buffer_binding_size, true),
+        ("max_texture_dimension_2d", l.max_texture_dimension_2d.into(), false),
         ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment.into(), true),
         ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage.into(), false),
     ];
