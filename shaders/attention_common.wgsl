@@ -40,9 +40,9 @@ struct Params {
     tiles_per_split: u32,
     grid_x: u32,
     causal: u32,           // 0 none, 1 top-left, 2 bottom-right
-    use_alibi: u32,
+    use_alibi: u32,        // (the kernels compile ALiBi in by their ALIBI constant instead)
     alibi_offset: u32,     // index of slope 0 in aux
-    use_softcap: u32,
+    use_softcap: u32,      // (likewise SOFTCAP)
     scale: f32,
     softcap: f32,
     q_base: u32,           // element offset of the bound window start, subtracted from indices

@@ -11,6 +11,12 @@
 // no workgroup memory, no barriers. Workgroup size WG; a workgroup owns BQ = WG·R packed rows,
 // invocation t rows p0 + t + r·WG. Loops: only the key-block loop runs a run-time count
 // (≤ tiles_per_split, bounded by the host); `@unroll` loops are unrolled by src/shader.rs.
+//
+// Written for CPU adapters (llvmpipe; measured in ../shared/LAVAPIPE.md): an `if` runs both sides
+// under a lane mask there, so options a call does not use are compiled out (VEC4, SOFTCAP, ALIBI,
+// BITS: one pipeline per combination) and masks are branch-free selects; fma() is a multiply and
+// an add, so loops are ordered for few live accumulators; a storage load is a per-lane loop, so K
+// and V loads are spread among the arithmetic (V during the scores, the next K during P·V).
 
 const R: u32 = 4u; // @param query rows per invocation
 const KB: u32 = 8u; // @param keys per block (at most the smallest subgroup size)
