@@ -152,6 +152,16 @@ pub fn output_close(rel: f64, max_abs: f64, rel_tol: f64) -> bool {
 
 /// Run `case` on the GPU with NaN-poisoned outputs and compare with the f64 oracle.
 pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
+    run_case_with(ctx, case, seed, forward_into)
+}
+
+/// The signature of a GPU forward that writes into given outputs ([`forward_into`],
+/// `kernels::naive::forward_into`).
+pub type ForwardInto = fn(&Context, &Tensor, &Tensor, &Tensor, &crate::Attention, &Output) -> Result<()>;
+
+/// [`run_case`] through `forward`: inputs of `seed`, O and LSE poisoned with NaN before the run
+/// (so an unwritten element fails), errors against the f64 oracle.
+pub fn run_case_with(ctx: &Context, case: &Case, seed: u64, forward: ForwardInto) -> Result<Errors> {
     let (q, k, v) = case.inputs(seed);
     let want = reference::attention(&q, &k, &v, &case.attn)?;
     let (qd, kd, vd) = (Tensor::upload(ctx, &q)?, Tensor::upload(ctx, &k)?, Tensor::upload(ctx, &v)?);
@@ -161,7 +171,7 @@ pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
     };
     out.o.fill(ctx, f32::NAN)?;
     out.lse.fill(ctx, f32::NAN)?;
-    forward_into(ctx, &qd, &kd, &vd, &case.attn, &out)?;
+    forward(ctx, &qd, &kd, &vd, &case.attn, &out)?;
     let o = out.o.to_host(ctx)?;
     let lse = out.lse.to_host(ctx)?;
     let (rel, max_abs) = reference::compare(&o.data, &want.o);

@@ -6,35 +6,17 @@ mod common;
 
 use wgpu_attention::cpu::reference;
 use wgpu_attention::kernels::naive;
-use wgpu_attention::testing::{alibi_slopes, fresh_seed, Case, Errors};
+use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case_with, Case};
 use wgpu_attention::{
-    Attention, Causal, Context, ContextOptions, Error, HostTensor, Layout, Mask, Output, Shape, Tensor,
+    Attention, Causal, Context, ContextOptions, Error, HostTensor, Layout, Mask, Shape, Tensor,
 };
-
-/// Run `case` through the naive path with NaN-poisoned O and LSE and compare with the oracle.
-fn run_naive(ctx: &Context, case: &Case, seed: u64) -> Result<Errors, Error> {
-    let (q, k, v) = case.inputs(seed);
-    let want = reference::attention(&q, &k, &v, &case.attn)?;
-    let (qd, kd, vd) = (Tensor::upload(ctx, &q)?, Tensor::upload(ctx, &k)?, Tensor::upload(ctx, &v)?);
-    let out = Output {
-        o: Tensor::zeros(ctx, q.shape, case.layout)?,
-        lse: Tensor::zeros(ctx, Shape::new(case.batch, case.q_heads, case.q_len, 1), Layout::Bhsd)?,
-    };
-    out.o.fill(ctx, f32::NAN)?;
-    out.lse.fill(ctx, f32::NAN)?;
-    naive::forward_into(ctx, &qd, &kd, &vd, &case.attn, &out)?;
-    let o = out.o.to_host(ctx)?;
-    let lse = out.lse.to_host(ctx)?;
-    let (rel, max_abs) = reference::compare(&o.data, &want.o);
-    let lse_max_abs = reference::compare_lse(&lse.data, &want.lse);
-    Ok(Errors { rel, max_abs, lse_max_abs })
-}
 
 /// Two fresh seeds; relative error < 1e-5, LSE max abs error < 1e-4, −∞ matching.
 fn check_on(ctx: &Context, case: &Case) {
     let seed = fresh_seed();
     for s in [seed, seed.wrapping_add(1)] {
-        let e = run_naive(ctx, case, s).unwrap_or_else(|err| panic!("{case}: {err}"));
+        let e =
+            run_case_with(ctx, case, s, naive::forward_into).unwrap_or_else(|err| panic!("{case}: {err}"));
         eprintln!(
             "naive {case} seed={s}: rel={:.2e} max_abs={:.2e} lse={:.2e}",
             e.rel, e.max_abs, e.lse_max_abs
@@ -146,7 +128,7 @@ fn score_matrix_that_does_not_fit_is_a_typed_error() {
     let ctx = context_with(|l| l.max_storage_buffer_binding_size = 256 << 10);
     // S = 512·512·4 bytes = 1 MiB > 256 KiB, while Q, K, V (128 KiB each) would fit
     let case = Case::new(512, 512, 64);
-    match run_naive(&ctx, &case, 1) {
+    match run_case_with(&ctx, &case, 1, naive::forward_into) {
         Err(Error::LimitExceeded { what, limit, needed, available }) => {
             assert!(what.contains("does not fit"), "{what}");
             assert_eq!(limit, "max_storage_buffer_binding_size");
