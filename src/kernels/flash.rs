@@ -215,9 +215,6 @@ impl TileConfig {
 
     fn params(&self, variant: Variant) -> Params {
         let dv = self.d_pad / 4;
-        // rows whose O accumulators P·V updates together: 4 vec4s of 8 lanes (16 of the 32
-        // vector registers of a CPU adapter) stay in registers over a key block
-        let rh = self.tpr.min(4);
         let mut params = match self.family {
             Family::Tiled => {
                 let wg = self.bq * self.tpr;
@@ -232,16 +229,21 @@ impl TileConfig {
                     ("KVLOADS", (self.bk * dv).div_ceil(wg)),
                 ])
             }
-            Family::Register { subgroups } => Params::from([
-                ("R", self.tpr),
-                ("KB", self.bk),
-                ("DV", dv),
-                ("WG", REGISTER_WG),
-                ("SUBGROUPS", subgroups as u32),
-                ("RH", rh),
-                ("RHS", self.tpr / rh),
-                ("VPK", dv.div_ceil(self.bk)),
-            ]),
+            Family::Register { subgroups } => {
+                // rows whose O accumulators P·V updates together: 4 vec4s of 8 lanes (16 of the
+                // 32 vector registers of a CPU adapter) stay in registers over a key block
+                let rh = [4, 2, 1].into_iter().find(|&q| self.tpr.is_multiple_of(q)).unwrap_or(1);
+                Params::from([
+                    ("R", self.tpr),
+                    ("KB", self.bk),
+                    ("DV", dv),
+                    ("WG", REGISTER_WG),
+                    ("SUBGROUPS", subgroups as u32),
+                    ("RH", rh),
+                    ("RHS", self.tpr / rh),
+                    ("VPK", dv.div_ceil(self.bk)),
+                ])
+            }
         };
         params.extend(variant.params());
         params
