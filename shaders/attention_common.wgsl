@@ -40,9 +40,7 @@ struct Params {
     tiles_per_split: u32,
     grid_x: u32,
     causal: u32,           // 0 none, 1 top-left, 2 bottom-right
-    use_alibi: u32,        // (the kernels compile ALiBi in by their ALIBI constant instead)
     alibi_offset: u32,     // index of slope 0 in aux
-    use_softcap: u32,      // (likewise SOFTCAP)
     scale: f32,
     softcap: f32,
     q_base: u32,           // element offset of the bound window start, subtracted from indices
@@ -59,8 +57,7 @@ struct Params {
     lists_offset: u32,     // aux index of the lists: (first entry, entry count) per list
     entries_offset: u32,   // aux index of the entries: (key block, bitmap offset or NO_BITS)
     bits_offset: u32,      // aux index of the partial blocks' bitmaps (S/32 words per row)
-    _pad0: u32,
-    _pad1: u32,
+    // (32 scalars above: the strides start 16-byte aligned without padding)
     q_stride: vec4<u32>,   // (batch, head, seq, -)
     k_stride: vec4<u32>,
     v_stride: vec4<u32>,

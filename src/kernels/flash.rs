@@ -267,7 +267,8 @@ pub fn default_family(ctx: &Context) -> Result<Family> {
     })
 }
 
-/// Mirrors `Params` in flash_forward.wgsl.
+/// Mirrors `Params` in attention_common.wgsl: 32 scalars (128 bytes, so the vec4 strides that
+/// follow sit at WGSL's 16-byte alignment with no padding), then five strides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 struct ForwardParams {
@@ -286,9 +287,7 @@ struct ForwardParams {
     tiles_per_split: u32,
     grid_x: u32,
     causal: u32,
-    use_alibi: u32,
     alibi_offset: u32,
-    use_softcap: u32,
     scale: f32,
     softcap: f32,
     q_base: u32,
@@ -305,13 +304,14 @@ struct ForwardParams {
     lists_offset: u32,
     entries_offset: u32,
     bits_offset: u32,
-    _pad: [u32; 2],
     q_stride: [u32; 4],
     k_stride: [u32; 4],
     v_stride: [u32; 4],
     o_stride: [u32; 4],
     lse_stride: [u32; 4],
 }
+
+const _: () = assert!(std::mem::size_of::<ForwardParams>() == 32 * 4 + 5 * 16);
 
 /// O and LSE of one forward call.
 #[derive(Debug)]
@@ -704,9 +704,7 @@ pub fn forward_into(
                 n_splits: plan.n_splits,
                 tiles_per_split: plan.tiles_per_split,
                 causal: causal_code(attn),
-                use_alibi: attn.alibi_slopes.is_some() as u32,
                 alibi_offset,
-                use_softcap: attn.softcap.is_some() as u32,
                 scale: attn.scale_for(p.head_dim),
                 softcap: attn.softcap.unwrap_or(1.0),
                 q_base: qw.base,
