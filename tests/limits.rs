@@ -3,15 +3,9 @@
 
 mod common;
 
-use common::check_on;
+use common::{check_on, context_with};
 use wgpu_attention::testing::Case;
-use wgpu_attention::{Attention, Causal, Context, ContextOptions, Layout};
-
-fn context_with(f: impl FnOnce(&mut wgpu::Limits)) -> Context {
-    let mut limits = common::ctx().limits().clone();
-    f(&mut limits);
-    Context::with_options(&ContextOptions { limits: Some(limits), ..Default::default() }).unwrap()
-}
+use wgpu_attention::{Attention, Causal, Layout};
 
 #[test]
 fn storage_binding_limit_splits_batches_and_heads() {

@@ -4,41 +4,19 @@
 
 mod common;
 
+use common::context_with;
 use wgpu_attention::cpu::reference;
 use wgpu_attention::kernels::naive;
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case_with, Case};
-use wgpu_attention::{
-    Attention, Causal, Context, ContextOptions, Error, HostTensor, Layout, Mask, Shape, Tensor,
-};
+use wgpu_attention::{Attention, Causal, Context, Error, HostTensor, Layout, Mask, Shape, Tensor};
 
-/// Two fresh seeds; relative error < 1e-5, LSE max abs error < 1e-4, −∞ matching.
+/// The naive path on two fresh seeds against the oracle (tolerances: [`common::check_on`]).
 fn check_on(ctx: &Context, case: &Case) {
-    let seed = fresh_seed();
-    for s in [seed, seed.wrapping_add(1)] {
-        let e =
-            run_case_with(ctx, case, s, naive::forward_into).unwrap_or_else(|err| panic!("{case}: {err}"));
-        eprintln!(
-            "naive {case} seed={s}: rel={:.2e} max_abs={:.2e} lse={:.2e}",
-            e.rel, e.max_abs, e.lse_max_abs
-        );
-        assert!(
-            e.pass(common::F32_REL_TOL),
-            "naive {case} (reproduce with WGATTN_SEED={s}): rel {:.3e}, max abs {:.3e}, lse max abs {:.3e}",
-            e.rel,
-            e.max_abs,
-            e.lse_max_abs
-        );
-    }
+    common::check_on_with(ctx, case, naive::forward_into)
 }
 
 fn check(case: &Case) {
     check_on(common::ctx(), case)
-}
-
-fn context_with(f: impl FnOnce(&mut wgpu::Limits)) -> Context {
-    let mut limits = common::ctx().limits().clone();
-    f(&mut limits);
-    Context::with_options(&ContextOptions { limits: Some(limits), ..Default::default() }).unwrap()
 }
 
 #[test]

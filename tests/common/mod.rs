@@ -4,8 +4,8 @@
 
 use std::sync::OnceLock;
 
-use wgpu_attention::testing::{fresh_seed, run_case, Case};
-use wgpu_attention::Context;
+use wgpu_attention::testing::{fresh_seed, run_case_with, Case, ForwardInto};
+use wgpu_attention::{forward_into, Context, ContextOptions};
 
 /// f32 tolerance on ‖out−ref‖/‖ref‖ (max abs error must be under 100× this, LSE under 10×).
 pub const F32_REL_TOL: f64 = 1e-5;
@@ -29,9 +29,14 @@ pub fn ctx() -> &'static Context {
 
 /// Run `case` on `ctx` with two fresh seeds and assert both match the oracle.
 pub fn check_on(ctx: &Context, case: &Case) {
+    check_on_with(ctx, case, forward_into)
+}
+
+/// [`check_on`] through another forward (e.g. the naive baseline's `forward_into`).
+pub fn check_on_with(ctx: &Context, case: &Case, forward: ForwardInto) {
     let seed = fresh_seed();
     for s in [seed, seed.wrapping_add(1)] {
-        let e = run_case(ctx, case, s).unwrap_or_else(|err| panic!("{case}: {err}"));
+        let e = run_case_with(ctx, case, s, forward).unwrap_or_else(|err| panic!("{case}: {err}"));
         eprintln!("{case} seed={s}: rel={:.2e} max_abs={:.2e} lse={:.2e}", e.rel, e.max_abs, e.lse_max_abs);
         assert!(
             e.pass(F32_REL_TOL),
@@ -52,4 +57,11 @@ pub fn check(case: &Case) {
 pub fn no_tuning() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| std::env::set_var("WGATTN_TUNE", "off"));
+}
+
+/// A context on the same adapter with limits lowered by `f` (to exercise dispatch splitting).
+pub fn context_with(f: impl FnOnce(&mut wgpu::Limits)) -> Context {
+    let mut limits = ctx().limits().clone();
+    f(&mut limits);
+    Context::with_options(&ContextOptions { limits: Some(limits), ..Default::default() }).unwrap()
 }
