@@ -59,7 +59,7 @@ fn random(n: usize, mut state: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Relative error of `rows` output rows (head h, query i) against an f64 computation.
+/// Relative error of 64 output rows (spread over the `h` heads and the `n` queries) against f64.
 fn check(q: &[f32], k: &[f32], v: &[f32], o: &[f32], h: usize, n: usize, d: usize) -> f64 {
     let scale = 1.0 / (d as f64).sqrt();
     let (mut err, mut norm) = (0.0f64, 0.0f64);
