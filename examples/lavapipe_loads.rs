@@ -6,7 +6,7 @@
 //! 64 workgroups of 8 invocations; each invocation reads 2048 rows of 16 vec4s (a D = 64 row
 //! each), the rows of its lane spread over a 4 MiB table, and sums them (so nothing is optimised
 //! away). Prints the best of 4 wall times per dispatch and the time per vec4 load per invocation.
-//! Measured figures: ../shared/LAVAPIPE.md.
+//! Measured figures: docs/LAVAPIPE.md.
 
 use wgpu_attention::Context;
 

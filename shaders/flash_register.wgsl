@@ -1,5 +1,5 @@
 // flash_register.wgsl: the fused attention forward with everything in registers (the "register"
-// family, fast where workgroup memory is slow, e.g. lavapipe: see ../shared/LAVAPIPE.md). Same
+// family, fast where workgroup memory is slow, e.g. lavapipe: see docs/LAVAPIPE.md). Same
 // problem, layouts, row packing and block table as flash_forward.wgsl (attention_common.wgsl).
 //
 // Each invocation owns R query rows: Q (pre-scaled), the O accumulators, m and l live in private
@@ -12,7 +12,7 @@
 // invocation t rows p0 + t + r·WG. Loops: only the key-block loop runs a run-time count
 // (≤ tiles_per_split, bounded by the host); `@unroll` loops are unrolled by src/shader.rs.
 //
-// Written for CPU adapters (llvmpipe; measured in ../shared/LAVAPIPE.md): an `if` runs both sides
+// Written for CPU adapters (llvmpipe; measured in docs/LAVAPIPE.md): an `if` runs both sides
 // under a lane mask there, so options a call does not use are compiled out (VEC4, SOFTCAP, ALIBI,
 // BITS: one pipeline per combination) and masks are branch-free selects; fma() is a multiply and
 // an add, so loops are ordered for few live accumulators; a storage load is a per-lane loop, so K
@@ -111,8 +111,9 @@ fn main(
 // @endif
                 // @unroll
                 for (var r = 0u; r < R; r++) {
-                    let qv = qreg[r * DV + dv];
-                    dots[r] = fma(qv.w, kv.w, fma(qv.z, kv.z, fma(qv.y, kv.y, fma(qv.x, kv.x, dots[r]))));
+                    // a short dependency chain per element: (x + y) + (z + w), then one add
+                    let t = qreg[r * DV + dv] * kv;
+                    dots[r] += (t.x + t.y) + (t.z + t.w);
                 }
             }
             // @unroll

@@ -1,17 +1,19 @@
 //! Autotuning of the kernel family, keyed by problem class and adapter, cached on disk.
 //!
 //! The fastest fused-forward design differs by adapter (workgroup-memory tiles on a discrete GPU,
-//! registers and subgroup broadcasts on lavapipe: ../shared/LAVAPIPE.md), so the family is
+//! registers and subgroup broadcasts on lavapipe: docs/LAVAPIPE.md), so the family is
 //! measured, not guessed from a vendor name. On the first call for a [`TuneKey`] (adapter, driver,
 //! wgpu version, padded head dim, dtype, mask class) each candidate family runs a representative
-//! problem (B1 H4 N512, that head dim and mask class: one warm-up call, which also pays the
-//! shader compilation, then the median of three) and the fastest is kept, in memory and in a small
+//! problem (B1 H8 N1024, that head dim and mask class: one warm-up call, which also pays the
+//! shader compilation, then the median of three, or one run alone when it is already over twice
+//! the best so far) and the fastest is kept, in memory and in a small
 //! text file (`$WGATTN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgpu-attention`, else
 //! `~/.cache/wgpu-attention`; file `tune.tsv`, a line `key<TAB>family`).
 //!
-//! Controls: `WGATTN_KERNEL=tiled|register|register-nosubgroup` forces a family (tests,
-//! reproducible benches); `WGATTN_TUNE=off` skips measuring and uses [`default_family`]
-//! (register on CPU adapters, tiled elsewhere). `wgattn tune` fills the cache ahead of time.
+//! Controls: `WGATTN_KERNEL=<name>` (a [`Family::name`] of
+//! [`FAMILIES`](crate::kernels::flash::FAMILIES)) forces a family (tests, reproducible benches);
+//! `WGATTN_TUNE=off` skips measuring and uses [`default_family`] (register on CPU adapters, tiled
+//! elsewhere). `wgattn tune` fills the cache ahead of time.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +29,10 @@ use crate::tensor::Tensor;
 
 /// The wgpu release the kernels are built against (part of the tuning key).
 pub const WGPU_VERSION: &str = "30";
+
+/// Revision of the kernels and the candidate list (part of the tuning key, so that a cache
+/// written before a new candidate existed is measured again). 2: `register-wide`.
+pub const KERNELS_REVISION: u32 = 2;
 
 /// Mask classes that may prefer different families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,8 +93,8 @@ impl TuneKey {
         }
     }
     fn line_key(&self) -> String {
-        format!("{}|wgpu{}|d{}|{}|{}", self.adapter, self.wgpu, self.head_dim, self.dtype, self.mask.name())
-            .replace(['\t', '\n'], " ")
+        let (a, w, d, t, m) = (&self.adapter, self.wgpu, self.head_dim, self.dtype, self.mask.name());
+        format!("{a}|wgpu{w}|k{KERNELS_REVISION}|d{d}|{t}|{m}").replace(['\t', '\n'], " ")
     }
 }
 
@@ -100,9 +106,20 @@ pub(crate) struct Tuner {
 
 /// The families worth timing on this adapter.
 pub fn candidates(ctx: &Context) -> Vec<Family> {
-    let mut c = vec![Family::Tiled, Family::Register { subgroups: false }];
-    if ctx.adapter().features.contains(wgpu::Features::SUBGROUP) {
-        c.push(Family::Register { subgroups: true });
+    let subgroups = ctx.adapter().features.contains(wgpu::Features::SUBGROUP);
+    let mut c = vec![Family::Tiled, Family::Register { subgroups: false, wide: false }];
+    if subgroups {
+        c.push(Family::Register { subgroups: true, wide: false });
+    }
+    // the wide register kernel pays for its fewer loads with ~3× the compile time: only where
+    // the register family is the natural choice (CPU adapters), where loads bound the speed
+    if ctx.adapter().info.device_type == wgpu::DeviceType::Cpu {
+        c.push(Family::Register { subgroups, wide: true });
+    }
+    // the adapter's default first: the others stop after one run when clearly slower than it
+    if let Some(i) = default_family(ctx).ok().and_then(|d| c.iter().position(|f| *f == d)) {
+        let d = c.remove(i);
+        c.insert(0, d);
     }
     c
 }
@@ -178,7 +195,7 @@ pub type Timings = Vec<(Family, Option<f64>)>;
 /// Time every candidate family on the representative problem of `key`; returns the fastest and
 /// every candidate's timing.
 pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
-    let (n, heads, d) = (512, 4, key.head_dim.min(crate::MAX_HEAD_DIM));
+    let (n, heads, d) = (1024, 8, key.head_dim.min(crate::MAX_HEAD_DIM));
     let shape = Shape::new(1, heads, n, d);
     let data: Vec<f32> = (0..shape.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let host = crate::HostTensor::new(data, shape, Layout::Bhsd)?;
@@ -200,8 +217,13 @@ pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
             forward(ctx, &t, &t, &t, &attn)?;
             Ok(start.elapsed().as_secs_f64() * 1e3)
         };
+        let best = times.iter().filter_map(|(_, t)| *t).min_by(f64::total_cmp);
         let timed = run().and_then(|_| {
-            let mut ms = [run()?, run()?, run()?];
+            let first = run()?;
+            if best.is_some_and(|b| first > 2.0 * b) {
+                return Ok(first); // clearly slower: no need for a median
+            }
+            let mut ms = [first, run()?, run()?];
             ms.sort_by(f64::total_cmp);
             Ok(ms[1])
         });

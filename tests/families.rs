@@ -1,6 +1,7 @@
 //! Every kernel family runs the same compact matrix against the oracle, whatever the adapter's
 //! default (autotuned) choice is: tiled, register with subgroups (also with key blocks narrower
-//! than the subgroup, as on adapters with subgroups of 4), and register without subgroups.
+//! than the subgroup, as on adapters with subgroups of 4, and wide: twice the rows per
+//! invocation), and register without subgroups.
 
 mod common;
 
@@ -56,7 +57,14 @@ fn register_family_with_subgroups() {
         ctx.adapter().features.contains(wgpu::Features::SUBGROUP),
         "the test adapter (lavapipe) has subgroups; this test needs them"
     );
-    matrix(ctx, Family::Register { subgroups: true }, [40, 111]);
+    matrix(ctx, Family::Register { subgroups: true, wide: false }, [40, 111]);
+}
+
+#[test]
+fn register_family_wide() {
+    // twice the rows per invocation (16 at D ≤ 64, 8 at D ≤ 128; the 32-block case falls back to
+    // 4): the lavapipe default after tuning. Its shaders compile ~3× slower: two head dims only.
+    matrix(common::ctx(), Family::Register { subgroups: true, wide: true }, [40, 111]);
 }
 
 #[test]
@@ -65,10 +73,10 @@ fn register_family_with_key_blocks_of_four() {
     common::no_tuning();
     let opts = ContextOptions { subgroup_min_size: Some(4), ..Default::default() };
     let ctx = Arc::new(Context::with_options(&opts).unwrap());
-    matrix(&ctx, Family::Register { subgroups: true }, [40, 64]);
+    matrix(&ctx, Family::Register { subgroups: true, wide: false }, [40, 64]);
 }
 
 #[test]
 fn register_family_without_subgroups() {
-    matrix(common::ctx(), Family::Register { subgroups: false }, [40, 64]);
+    matrix(common::ctx(), Family::Register { subgroups: false, wide: false }, [40, 64]);
 }

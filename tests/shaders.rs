@@ -59,8 +59,10 @@ fn every_specialisation_validates() {
     // the register family for every subgroup size from 4 to 128, and without subgroups
     for d in [1, 3, 8, 40, 59, 64, 96, 111, 128, 160, 255, 256] {
         for sg in [Some(4), Some(8), Some(16), Some(32), Some(64), Some(128), None] {
-            for table in [None, Some(32), Some(64), Some(128)] {
-                let cfg = TileConfig::register(d, sg, table);
+            for (table, wide) in
+                [None, Some(32), Some(64), Some(128)].into_iter().flat_map(|t| [(t, false), (t, true)])
+            {
+                let cfg = TileConfig::register(d, sg, table, wide);
                 assert!(cfg.bk <= sg.unwrap_or(8), "{cfg:?}: key block wider than the subgroup");
                 assert!(
                     table.is_none_or(|s| s % cfg.bq as usize == 0),

@@ -32,8 +32,8 @@ fn tunes_caches_and_reuses() {
 
     // a new context reads the choice from disk: even a planted entry is obeyed
     let other = Family::Tiled;
-    let planted = format!("{}|wgpu{}|d32|f32|dense\t{}\n", key.adapter, key.wgpu, other.name());
-    std::fs::write(cache_file().unwrap(), format!("{text}{planted}")).unwrap();
+    tune::remember(&TuneKey::new(&ctx, 32, MaskClass::Dense), other);
+    assert!(std::fs::read_to_string(cache_file().unwrap()).unwrap().ends_with("|d32|f32|dense\ttiled\n"));
     let ctx2 = Context::new().unwrap();
     let e = run_case(&ctx2, &Case::new(40, 50, 32), 6).unwrap();
     assert!(e.pass(1e-5), "{e:?}");
@@ -43,7 +43,7 @@ fn tunes_caches_and_reuses() {
     std::env::set_var("WGATTN_KERNEL", "register-nosubgroup");
     let e = run_case(&ctx2, &Case::new(40, 50, 48), 7).unwrap();
     assert!(e.pass(1e-5), "{e:?}");
-    assert_eq!(ctx2.last_kernel().unwrap().family, Family::Register { subgroups: false });
+    assert_eq!(ctx2.last_kernel().unwrap().family, Family::Register { subgroups: false, wide: false });
     std::env::remove_var("WGATTN_KERNEL");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -39,29 +39,41 @@ pub enum Family {
     Register {
         /// Share K/V rows with `subgroupBroadcast`.
         subgroups: bool,
+        /// Twice the query rows per invocation: each K/V load serves twice the rows (fewer loads
+        /// per FLOP, the cost that bounds lavapipe), at about three times the shader compile time.
+        wide: bool,
     },
 }
 
+/// Every family, in the order `WGATTN_KERNEL` names and the tuner lists them.
+pub const FAMILIES: [Family; 5] = [
+    Family::Tiled,
+    Family::Register { subgroups: true, wide: false },
+    Family::Register { subgroups: true, wide: true },
+    Family::Register { subgroups: false, wide: false },
+    Family::Register { subgroups: false, wide: true },
+];
+
 impl Family {
-    /// The name `WGATTN_KERNEL` takes: `tiled`, `register`, `register-nosubgroup`.
+    /// The name `WGATTN_KERNEL` takes: `tiled`, `register`, `register-wide`,
+    /// `register-nosubgroup`, `register-nosubgroup-wide`.
     pub fn name(&self) -> &'static str {
         match self {
             Family::Tiled => "tiled",
-            Family::Register { subgroups: true } => "register",
-            Family::Register { subgroups: false } => "register-nosubgroup",
+            Family::Register { subgroups: true, wide: false } => "register",
+            Family::Register { subgroups: true, wide: true } => "register-wide",
+            Family::Register { subgroups: false, wide: false } => "register-nosubgroup",
+            Family::Register { subgroups: false, wide: true } => "register-nosubgroup-wide",
         }
     }
 
     /// Parse a `WGATTN_KERNEL` name.
     pub fn from_name(name: &str) -> Result<Self> {
-        match name.trim() {
-            "tiled" => Ok(Family::Tiled),
-            "register" => Ok(Family::Register { subgroups: true }),
-            "register-nosubgroup" => Ok(Family::Register { subgroups: false }),
-            other => Err(Error::InvalidOption(format!(
-                "kernel `{other}`: expected tiled, register or register-nosubgroup"
-            ))),
-        }
+        let name = name.trim();
+        FAMILIES.into_iter().find(|f| f.name() == name).ok_or_else(|| {
+            let names: Vec<_> = FAMILIES.iter().map(|f| f.name()).collect();
+            Error::InvalidOption(format!("kernel `{name}`: expected one of {}", names.join(", ")))
+        })
     }
 }
 
@@ -146,23 +158,30 @@ impl TileConfig {
         })
     }
 
-    /// Register family: rows per invocation by head dim (up to 64: 8, or 4 with a block table of
-    /// 32-blocks, which the workgroup's 8·rows query rows must divide; up to 128: 4; else 1), key
-    /// blocks of `min(8, subgroup_min_size)` with subgroups, 8 without. `table`: the block size of
-    /// the call's block table, if it has one.
-    pub fn register(head_dim: usize, subgroup_min_size: Option<u32>, table: Option<usize>) -> Self {
-        let rows = match head_dim {
-            0..=64 if table.is_none_or(|size| size % 64 == 0) => 8,
-            0..=64 => 4,
+    /// Register family: rows per invocation by head dim (up to 64: 8; up to 128: 4; else 1;
+    /// twice that when `wide`), halved until the workgroup's 8·rows query rows divide the block
+    /// size of the call's block table (`table`), if it has one; key blocks of
+    /// `min(8, subgroup_min_size)` with subgroups, 8 without.
+    pub fn register(
+        head_dim: usize,
+        subgroup_min_size: Option<u32>,
+        table: Option<usize>,
+        wide: bool,
+    ) -> Self {
+        let mut rows: u32 = match head_dim {
+            0..=64 => 8,
             65..=128 => 4,
             _ => 1,
-        };
+        } << wide as u32;
+        while rows > 1 && table.is_some_and(|size| size % (REGISTER_WG * rows) as usize != 0) {
+            rows /= 2;
+        }
         let (subgroups, kb) = match subgroup_min_size {
             Some(s) => (true, s.clamp(1, 8)),
             None => (false, 8),
         };
         Self {
-            family: Family::Register { subgroups },
+            family: Family::Register { subgroups, wide },
             bq: REGISTER_WG * rows,
             bk: kb,
             tpr: rows,
@@ -175,7 +194,7 @@ impl TileConfig {
     pub fn for_family(ctx: &Context, family: Family, head_dim: usize, table: Option<usize>) -> Result<Self> {
         match family {
             Family::Tiled => Self::choose(head_dim, ctx.limits()),
-            Family::Register { subgroups: true } => {
+            Family::Register { subgroups: true, wide } => {
                 let a = ctx.adapter();
                 if !a.features.contains(wgpu::Features::SUBGROUP) {
                     return Err(Error::UnsupportedFeature {
@@ -183,9 +202,9 @@ impl TileConfig {
                         hint: "use the tiled or register-nosubgroup kernel",
                     });
                 }
-                Ok(Self::register(head_dim, Some(a.info.subgroup_min_size.max(1)), table))
+                Ok(Self::register(head_dim, Some(a.info.subgroup_min_size.max(1)), table, wide))
             }
-            Family::Register { subgroups: false } => Ok(Self::register(head_dim, None, table)),
+            Family::Register { subgroups: false, wide } => Ok(Self::register(head_dim, None, table, wide)),
         }
     }
 
@@ -229,7 +248,7 @@ impl TileConfig {
                     ("KVLOADS", (self.bk * dv).div_ceil(wg)),
                 ])
             }
-            Family::Register { subgroups } => {
+            Family::Register { subgroups, .. } => {
                 // rows whose O accumulators P·V updates together: 4 vec4s of 8 lanes (16 of the
                 // 32 vector registers of a CPU adapter) stay in registers over a key block
                 let rh = [4, 2, 1].into_iter().find(|&q| self.tpr.is_multiple_of(q)).unwrap_or(1);
@@ -262,7 +281,7 @@ pub fn default_family(ctx: &Context) -> Result<Family> {
     let a = ctx.adapter();
     let subgroups = a.features.contains(wgpu::Features::SUBGROUP);
     Ok(match a.info.device_type {
-        wgpu::DeviceType::Cpu => Family::Register { subgroups },
+        wgpu::DeviceType::Cpu => Family::Register { subgroups, wide: false },
         _ => Family::Tiled,
     })
 }
