@@ -13,6 +13,7 @@
 //! position `i + L − Nq` (L the batch's key length), and `Window { left, right }` keeps keys
 //! `j ∈ [pos − left, pos + right]`.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use rand::SeedableRng;
@@ -310,6 +311,93 @@ impl Mask {
         }
     }
 
+    /// How the mask covers the rectangle of queries `rows` × keys `cols` (both non-empty) of batch
+    /// `b`, head `h`: exactly, or [`Cover::Mixed`] when it cannot tell without looking at every
+    /// element (never wrong: `Full` and `Empty` are only said when true of every element).
+    fn cover(
+        &self,
+        d: Dims,
+        b: usize,
+        h: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        kv_len_b: usize,
+    ) -> Cover {
+        // the aligned query position minus the key, over the rectangle: [lo, hi]
+        let shift = kv_len_b as i64 - d.q_len as i64;
+        let (i0, i1, j0, j1) =
+            (rows.start as i64, rows.end as i64 - 1, cols.start as i64, cols.end as i64 - 1);
+        let (lo, hi) = (i0 + shift - j1, i1 + shift - j0);
+        let bound = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+        // visible exactly where a ≤ dist ≤ c
+        let band = |a: i64, c: i64| Cover::of(lo >= a && hi <= c, hi < a || lo > c);
+        let one_cell = |size: usize| {
+            rows.start / size == (rows.end - 1) / size && cols.start / size == (cols.end - 1) / size
+        };
+        match self {
+            Mask::Window { left, right } => {
+                band(right.map_or(i64::MIN, |r| -bound(r)), left.map_or(i64::MAX, bound))
+            }
+            // j < p, or j ≤ pos
+            Mask::Prefix(p) => {
+                let p = bound(*p);
+                Cover::of(j1 < p || lo >= 0, j0 >= p && hi < 0)
+            }
+            // pos < n, or j < n
+            Mask::Global(n) => {
+                let n = bound(*n);
+                Cover::of(i1 + shift < n || j1 < n, i0 + shift >= n && j0 >= n)
+            }
+            Mask::Dilated { window, dilation } => {
+                let reach = bound(window.saturating_mul(*dilation));
+                if *dilation == 1 {
+                    band(-reach, reach)
+                } else {
+                    band(-reach, reach).at_most_mixed()
+                }
+            }
+            Mask::Strided { stride } => {
+                let s = bound(*stride);
+                if lo > -s && hi < s {
+                    Cover::Full
+                } else {
+                    Cover::Mixed
+                }
+            }
+            Mask::Documents { q_ids, k_ids } => {
+                let span =
+                    |ids: &[i32]| ids.iter().fold((i32::MAX, i32::MIN), |(a, c), &x| (a.min(x), c.max(x)));
+                let (qa, qc) = span(&q_ids[b * d.q_len + rows.start..b * d.q_len + rows.end]);
+                let (ka, kc) = span(&k_ids[b * d.kv_len + cols.start..b * d.kv_len + cols.end]);
+                Cover::of(qa == qc && ka == kc && qa == ka, qc < ka || kc < qa)
+            }
+            Mask::Blocks { size, .. } | Mask::RandomBlocks { size, .. } if one_cell(*size) => {
+                let v = self.visible(d, b, h, rows.start, cols.start, kv_len_b);
+                Cover::of(v, !v)
+            }
+            // stop at the first part that decides (Empty for And, Full for Or)
+            Mask::And(v) => v
+                .iter()
+                .try_fold(Cover::Full, |acc, m| {
+                    match acc.and(m.cover(d, b, h, rows.clone(), cols.clone(), kv_len_b)) {
+                        Cover::Empty => Err(Cover::Empty),
+                        c => Ok(c),
+                    }
+                })
+                .unwrap_or_else(|decided| decided),
+            Mask::Or(v) => v
+                .iter()
+                .try_fold(Cover::Empty, |acc, m| {
+                    match acc.or(m.cover(d, b, h, rows.clone(), cols.clone(), kv_len_b)) {
+                        Cover::Full => Err(Cover::Full),
+                        c => Ok(c),
+                    }
+                })
+                .unwrap_or_else(|decided| decided),
+            _ => Cover::Mixed,
+        }
+    }
+
     /// True when the predicate does not depend on the batch index (so one block table serves all).
     fn batch_invariant(&self) -> bool {
         match self {
@@ -336,6 +424,71 @@ fn random_block_visible(seed: u64, size: usize, count: usize, d: Dims, i: usize,
     let qb = i / size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (qb as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     rand::seq::index::sample(&mut rng, kb, count.min(kb)).iter().any(|b| b == j / size)
+}
+
+/// How a predicate covers a rectangle of the score matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cover {
+    /// Every element visible.
+    Full,
+    /// No element visible.
+    Empty,
+    /// Some, or unknown without looking at each element.
+    Mixed,
+}
+
+impl Cover {
+    fn of(full: bool, empty: bool) -> Self {
+        if full {
+            Cover::Full
+        } else if empty {
+            Cover::Empty
+        } else {
+            Cover::Mixed
+        }
+    }
+    /// `Empty` stays (nothing visible), `Full` becomes `Mixed` (a sub-pattern hides some).
+    fn at_most_mixed(self) -> Self {
+        if self == Cover::Empty {
+            Cover::Empty
+        } else {
+            Cover::Mixed
+        }
+    }
+    fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (Cover::Empty, _) | (_, Cover::Empty) => Cover::Empty,
+            (Cover::Full, Cover::Full) => Cover::Full,
+            _ => Cover::Mixed,
+        }
+    }
+    fn or(self, other: Self) -> Self {
+        match (self, other) {
+            (Cover::Full, _) | (_, Cover::Full) => Cover::Full,
+            (Cover::Empty, Cover::Empty) => Cover::Empty,
+            _ => Cover::Mixed,
+        }
+    }
+}
+
+/// How the full predicate of a call ([`visible`]) covers queries `rows` × keys `cols` of batch `b`,
+/// head `h` (exact, or `Mixed` when unsure).
+fn cover(attn: &Attention, d: Dims, b: usize, h: usize, rows: Range<usize>, cols: Range<usize>) -> Cover {
+    let kv_len_b = attn.kv_lens.as_ref().map_or(d.kv_len, |l| l[b] as usize);
+    let (i0, i1, j0, j1) = (rows.start as i64, rows.end as i64 - 1, cols.start as i64, cols.end as i64 - 1);
+    let padding = Cover::of(j1 < kv_len_b as i64, j0 >= kv_len_b as i64);
+    let causal = match attn.causal {
+        None => Cover::Full,
+        Some(Causal::TopLeft) => Cover::of(j1 <= i0, j0 > i1),
+        Some(Causal::BottomRight) => {
+            let shift = kv_len_b as i64 - d.q_len as i64;
+            Cover::of(j1 <= i0 + shift, j0 > i1 + shift)
+        }
+    };
+    let mask =
+        attn.mask.as_ref().map_or(Cover::Full, |m| m.cover(d, b, h, rows.clone(), cols.clone(), kv_len_b));
+    let table = if attn.block_mask.is_some() { Cover::Mixed } else { Cover::Full };
+    padding.and(causal).and(mask).and(table)
 }
 
 /// Full visibility predicate of a call: key padding, causal, and the optional mask.
@@ -386,7 +539,9 @@ pub struct BlockMask {
 
 impl BlockMask {
     /// Evaluate the full predicate of `attn` (key padding, causal, mask) over every block and keep
-    /// the non-empty ones. Cost: one predicate evaluation per element, once; reuse the result.
+    /// the non-empty ones. Blocks that the mask's structure shows to be wholly visible or hidden
+    /// (windows, causal, prefix, global tokens, documents in order, padding, and their `And`/`Or`)
+    /// cost O(1) each; only the others evaluate the predicate per element. Reuse the result.
     pub fn build(attn: &Attention, d: Dims, size: usize) -> Result<Self> {
         if !BLOCK_SIZES.contains(&size) {
             return Err(Error::InvalidOption(format!(
@@ -410,6 +565,18 @@ impl BlockMask {
                 for qb in 0..qbs {
                     let mut list = Vec::new();
                     for kb in 0..kbs {
+                        let (rows, cols) = (
+                            qb * size..d.q_len.min(qb * size + size),
+                            kb * size..d.kv_len.min(kb * size + size),
+                        );
+                        match cover(attn, d, b, h, rows, cols) {
+                            Cover::Empty => continue,
+                            Cover::Full => {
+                                list.push(BlockEntry { key_block: kb as u32, bits: None });
+                                continue;
+                            }
+                            Cover::Mixed => {}
+                        }
                         tile.iter_mut().for_each(|w| *w = 0);
                         let (mut seen, mut total) = (0usize, 0usize);
                         for r in 0..size.min(d.q_len - qb * size) {
@@ -485,5 +652,89 @@ impl BlockMask {
     /// (Nq, Nk) the mask was built for.
     pub fn dims(&self) -> (usize, usize) {
         self.dims
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block table of every mask kind (and combinations, causal modes, key padding, documents
+    /// in and out of order) shows exactly the predicate's elements, and a block carries a bitmap
+    /// exactly when it is partial: what evaluating every element gives, whatever the shortcuts.
+    #[test]
+    fn build_matches_the_predicate_element_by_element() {
+        let d = Dims { batch: 2, heads: 2, q_len: 150, kv_len: 270 };
+        let docs = |shuffled: bool| {
+            let q: Vec<i32> = (0..2 * 150).map(|x| if shuffled { x % 3 } else { (x % 150) / 40 }).collect();
+            let k: Vec<i32> = (0..2 * 270).map(|x| if shuffled { x % 2 } else { (x % 270) / 70 }).collect();
+            Mask::Documents { q_ids: Arc::new(q), k_ids: Arc::new(k) }
+        };
+        let masks = [
+            None,
+            Some(Mask::window(40, 0)),
+            Some(Mask::window(7, 90)),
+            Some(Mask::Window { left: None, right: Some(3) }),
+            Some(Mask::Prefix(70)),
+            Some(Mask::longformer(20, 33)),
+            Some(Mask::bigbird(16, 8, 2, 32, 7)),
+            Some(Mask::Strided { stride: 48 }),
+            Some(Mask::Fixed { stride: 64, c: 5 }),
+            Some(Mask::Dilated { window: 20, dilation: 1 }),
+            Some(Mask::Dilated { window: 10, dilation: 3 }),
+            Some(docs(false)),
+            Some(docs(true)),
+            Some(Mask::window(64, 64).and(Mask::Prefix(100)).or(Mask::Global(5))),
+        ];
+        for mask in masks {
+            for causal in [None, Some(Causal::TopLeft), Some(Causal::BottomRight)] {
+                for kv_lens in [None, Some(vec![270, 101])] {
+                    let attn = Attention {
+                        mask: mask.clone(),
+                        causal,
+                        kv_lens: kv_lens.clone(),
+                        ..Attention::new()
+                    };
+                    for size in [32, 64] {
+                        let bm = BlockMask::build(&attn, d, size).unwrap();
+                        for (b, h) in [(0, 0), (1, 1)] {
+                            for i in 0..d.q_len {
+                                for j in 0..d.kv_len {
+                                    assert_eq!(
+                                        bm.visible(b, h, i, j),
+                                        visible(&attn, d, b, h, i, j),
+                                        "{mask:?} {causal:?} {kv_lens:?} size {size}: ({b}, {h}, {i}, {j})"
+                                    );
+                                }
+                            }
+                        }
+                        // a bitmap only for partial blocks: some but not all of its elements
+                        for (n, list) in bm.lists.iter().enumerate() {
+                            let qb = n % bm.q_blocks;
+                            let (b, h) = (n / bm.q_blocks / bm.heads, n / bm.q_blocks % bm.heads);
+                            for e in list {
+                                let (rows, cols) = (
+                                    qb * size..d.q_len.min(qb * size + size),
+                                    e.key_block as usize * size
+                                        ..d.kv_len.min((e.key_block as usize + 1) * size),
+                                );
+                                let seen = rows
+                                    .flat_map(|i| cols.clone().map(move |j| (i, j)))
+                                    .filter(|&(i, j)| visible(&attn, d, b, h, i, j))
+                                    .count();
+                                let total = (d.q_len.min(qb * size + size) - qb * size) * cols.len();
+                                assert!(seen > 0, "{mask:?}: an empty block is listed");
+                                assert_eq!(
+                                    e.bits.is_some(),
+                                    seen < total,
+                                    "{mask:?} {causal:?} block ({qb}, {})",
+                                    e.key_block
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
