@@ -9,7 +9,9 @@
 //   aux   u32 [kv_lens (B) | ALiBi slopes as f32 bits (Hq) | block table: (first entry, count)
 //         per list, entries (key block, bitmap offset), bitmaps] (see src/mask.rs)
 // With a split key range (n_splits > 1) O and LSE point at partial buffers; `merge.wgsl` combines
-// them. A kernel does not know: it writes O/l and LSE at `*_stride.w · split`.
+// them. A kernel does not know: it writes O/l and LSE at `*_stride.w · split`. A dispatch may run
+// only some splits (split0 ..): when K/V are too large for one binding, each split binds just the
+// window of its key range (k_base, v_base; keys are only read inside the split's range).
 // Rows: a workgroup owns BQ "packed" query rows of one (batch, kv head): packed row
 // p ∈ [0, G·R) is query i = p mod R of head h = kv_head·G + p / R, so a K/V tile loaded once
 // serves every query head of its GQA group. R (rows_per_head) is Nq when short queries are packed
@@ -36,7 +38,7 @@ struct Params {
     kv_heads: u32,
     q_tile0: u32,          // first query tile of the chunk
     q_tiles: u32,          // query tiles in the chunk (of ceil(G·Nq / BQ) per head group)
-    n_splits: u32,
+    n_splits: u32,         // key splits this dispatch runs: split0 .. split0 + n_splits
     tiles_per_split: u32,
     grid_x: u32,
     causal: u32,           // 0 none, 1 top-left, 2 bottom-right
@@ -57,7 +59,11 @@ struct Params {
     lists_offset: u32,     // aux index of the lists: (first entry, entry count) per list
     entries_offset: u32,   // aux index of the entries: (key block, bitmap offset or NO_BITS)
     bits_offset: u32,      // aux index of the partial blocks' bitmaps (S/32 words per row)
-    // (32 scalars above: the strides start 16-byte aligned without padding)
+    split0: u32,           // first key split of this dispatch (of n_splits in it)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+    // (36 scalars above: the strides start 16-byte aligned)
     q_stride: vec4<u32>,   // (batch, head, seq, -)
     k_stride: vec4<u32>,
     v_stride: vec4<u32>,
@@ -147,7 +153,7 @@ struct Tile {
 // The workgroup with linear id `wid` (false when past the end), for BQ query rows and key tiles of BK.
 fn tile_of(wid: u32, bq: u32, bk: u32) -> Tile {
     var t: Tile;
-    let split = wid % params.n_splits;
+    let split = params.split0 + wid % params.n_splits;
     let rest = wid / params.n_splits;
     // zig-zag over the query tiles (0, n−1, 1, n−2, …): with causal masks the work per tile grows
     // with its index, and adapters that hand each thread a contiguous run of workgroups

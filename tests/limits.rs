@@ -4,6 +4,7 @@
 mod common;
 
 use common::{check_on, context_with};
+use wgpu_attention::kernels::flash::Family;
 use wgpu_attention::testing::Case;
 use wgpu_attention::{Attention, Causal, Layout};
 
@@ -27,6 +28,31 @@ fn storage_binding_limit_splits_batches_and_heads() {
         check_on(&ctx, &Case::new(200, 400, 60).heads(3, 8, hkv).layout(layout));
         let attn = Attention::new().causal(Causal::BottomRight).num_splits(3).kv_lens(vec![400, 17, 390]);
         check_on(&ctx, &Case::new(200, 400, 60).heads(3, 8, 2).layout(layout).attn(attn));
+    }
+}
+
+#[test]
+fn storage_binding_limit_cuts_keys_into_ranges() {
+    // 64 KiB bindings: one K/V head of 700 keys × D 40 is 109 KiB (BHSD), one batch of K in BSHD
+    // with 3 K/V heads 328 KiB: each key split binds only its own keys, in its own dispatch, and
+    // the splits are merged by LSE. Both families, GQA, Nq ≠ Nk, causal, ragged key lengths.
+    let ctx = context_with(|l| l.max_storage_buffer_binding_size = 64 << 10);
+    for family in [Family::Register { subgroups: true, wide: false }, Family::Tiled] {
+        let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
+        check_on(&ctx, &Case::new(37, 700, 40).heads(2, 2, 1).attn(with(Attention::new())));
+        check_on(
+            &ctx,
+            &Case::new(300, 700, 40)
+                .heads(2, 6, 3)
+                .layout(Layout::Bshd)
+                .attn(with(Attention::new().causal(Causal::BottomRight).kv_lens(vec![700, 333]))),
+        );
+        check_on(
+            &ctx,
+            &Case::new(1, 1500, 59)
+                .heads(1, 4, 1)
+                .attn(with(Attention::new().causal(Causal::BottomRight).num_splits(2))),
+        );
     }
 }
 

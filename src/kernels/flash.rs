@@ -1,5 +1,10 @@
-//! The fused forward (`shaders/flash_forward.wgsl`): tile choice, dispatch splitting under the
-//! adapter's limits, and the launch.
+//! The fused forward (`shaders/flash_forward.wgsl`, `shaders/flash_register.wgsl`): tile choice,
+//! dispatch splitting under the adapter's limits, and the launch.
+//!
+//! Splitting: tensors are bound as windows per chunk of (batches, K/V heads, query tiles); when
+//! one K/V head alone is over the storage-binding limit (long keys, or BSHD where a head's keys
+//! stride across all heads of its batch) and the call has no block table, the key range is cut
+//! into splits that each bind only their own keys, run as separate dispatches and merged by LSE.
 //!
 //! Device memory per call: O (`4·B·Hq·Nq·D` bytes), LSE (`4·B·Hq·Nq`), a small aux buffer
 //! (`4·(B + Hq)`) and a uniform per dispatch; with a split key range also partial states of
@@ -286,8 +291,8 @@ pub fn default_family(ctx: &Context) -> Result<Family> {
     })
 }
 
-/// Mirrors `Params` in attention_common.wgsl: 32 scalars (128 bytes, so the vec4 strides that
-/// follow sit at WGSL's 16-byte alignment with no padding), then five strides.
+/// Mirrors `Params` in attention_common.wgsl: 36 scalars (144 bytes, the last three padding, so
+/// that the vec4 strides that follow sit at WGSL's 16-byte alignment), then five strides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 struct ForwardParams {
@@ -323,6 +328,8 @@ struct ForwardParams {
     lists_offset: u32,
     entries_offset: u32,
     bits_offset: u32,
+    split0: u32,
+    pad: [u32; 3],
     q_stride: [u32; 4],
     k_stride: [u32; 4],
     v_stride: [u32; 4],
@@ -330,7 +337,7 @@ struct ForwardParams {
     lse_stride: [u32; 4],
 }
 
-const _: () = assert!(std::mem::size_of::<ForwardParams>() == 32 * 4 + 5 * 16);
+const _: () = assert!(std::mem::size_of::<ForwardParams>() == 36 * 4 + 5 * 16);
 
 /// O and LSE of one forward call.
 #[derive(Debug)]
@@ -370,6 +377,11 @@ pub struct Chunk {
     pub t0: usize,
     /// Query tiles.
     pub nt: usize,
+    /// First key split this chunk runs (0 unless K/V are cut by key range).
+    pub s0: u32,
+    /// Key splits it runs (all of them unless K/V are cut by key range: then one, whose keys alone
+    /// are bound).
+    pub ns: u32,
 }
 
 /// Element range `[start, end)` of batches `b0..b0+nb`, heads `h0..h0+nh`, all rows.
@@ -378,6 +390,13 @@ fn element_range(shape: Shape, layout: Layout, b0: usize, nb: usize, h0: usize, 
     let start = b0 * sb + h0 * sh;
     let last = (b0 + nb - 1) * sb + (h0 + nh - 1) * sh + (shape.seq - 1) * ss + shape.head_dim;
     (start as u64, last as u64)
+}
+
+/// Element range `[start, end)` of keys `k0..k1` of batch `b`, head `h`.
+fn key_range(shape: Shape, layout: Layout, b: usize, h: usize, k0: usize, k1: usize) -> (u64, u64) {
+    let [sb, sh, ss] = layout.strides(shape);
+    let start = b * sb + h * sh + k0 * ss;
+    ((start) as u64, (start + (k1 - 1 - k0) * ss + shape.head_dim) as u64)
 }
 
 /// Query-side geometry: each K/V head's group of G query heads is a run of G·R "packed" rows,
@@ -474,15 +493,44 @@ pub fn plan(
             }
         }
     };
-    let max_tiles_per_split = MAX_KEYS_PER_SPLIT / tiles.bk;
-    n_splits = n_splits.max(n_tiles.div_ceil(max_tiles_per_split)).clamp(1, n_tiles.max(1));
+    let max_binding = limits.max_storage_buffer_binding_size;
+    // K/V of one (batch, kv head) too large for one binding: without a block table (whose splits
+    // visit scattered key blocks) each split binds only the window of its own keys, so the
+    // splits are made short enough for that window to fit, and run as separate dispatches
+    let head_kv = element_range(p.kv_shape(), kv_layout, 0, 1, 0, 1);
+    let by_key_range = table.is_none() && window_bytes(ctx, head_kv.0, head_kv.1) > max_binding;
+    let mut max_tiles_per_split = MAX_KEYS_PER_SPLIT / tiles.bk;
+    if by_key_range {
+        let [_, _, ss] = kv_layout.strides(p.kv_shape());
+        let elements = (max_binding.saturating_sub(window_bytes(ctx, 0, 0)) / 4) as usize;
+        let keys = elements.saturating_sub(p.head_dim).checked_div(ss).map_or(0, |k| k + 1);
+        let fit_tiles = (keys / tiles.bk as usize) as u32;
+        if fit_tiles == 0 {
+            let bk = tiles.bk as usize;
+            return Err(Error::LimitExceeded {
+                what: format!("one key tile ({bk} keys, head dim {}) of K or V", p.head_dim),
+                limit: "max_storage_buffer_binding_size",
+                needed: window_bytes(ctx, 0, ((bk - 1) * ss + p.head_dim) as u64),
+                available: max_binding,
+            });
+        }
+        max_tiles_per_split = max_tiles_per_split.min(fit_tiles);
+    }
+    // more splits than the partial states of one query tile can hold in a binding only for the
+    // splits that correctness needs (short enough loops, key ranges that fit)
+    let partial_cap = (max_binding / (tiles.bq as u64 * p.head_dim as u64 * 4)).max(1) as u32;
+    n_splits = n_splits.min(partial_cap).max(n_tiles.div_ceil(max_tiles_per_split)).clamp(1, n_tiles.max(1));
     let tiles_per_split = n_tiles.div_ceil(n_splits).max(1);
     let n_splits = n_tiles.div_ceil(tiles_per_split).max(1);
+    let split_keys = (tiles_per_split * tiles.bk) as usize;
 
-    let max_binding = limits.max_storage_buffer_binding_size;
     let fits = |c: &Chunk| -> bool {
         let q = rows.range(q_layout, c);
-        let kv = element_range(p.kv_shape(), kv_layout, c.b0, c.nb, c.kh0, c.nkh);
+        let kv = if by_key_range {
+            key_range(p.kv_shape(), kv_layout, 0, 0, 0, split_keys.min(p.kv_len))
+        } else {
+            element_range(p.kv_shape(), kv_layout, c.b0, c.nb, c.kh0, c.nkh)
+        };
         let lse = rows.lse_range(c);
         let partial = if n_splits > 1 { rows.count(c) * n_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
         window_bytes(ctx, q.0, q.1) <= max_binding
@@ -490,25 +538,26 @@ pub fn plan(
             && window_bytes(ctx, lse.0, lse.1) <= max_binding
             && partial <= max_binding
     };
-    let whole = |b0, nb, kh0, nkh| Chunk { b0, nb, kh0, nkh, t0: 0, nt: q_tiles };
+    let whole = |b0, nb, kh0, nkh| Chunk { b0, nb, kh0, nkh, t0: 0, nt: q_tiles, s0: 0, ns: n_splits };
     let mut chunks = Vec::new();
-    if fits(&whole(0, p.batch, 0, p.kv_heads)) {
+    if !by_key_range && fits(&whole(0, p.batch, 0, p.kv_heads)) {
         chunks.push(whole(0, p.batch, 0, p.kv_heads));
-    } else if fits(&whole(0, 1, 0, p.kv_heads)) {
+    } else if !by_key_range && fits(&whole(0, 1, 0, p.kv_heads)) {
         let nb = (1..=p.batch).rev().find(|&nb| fits(&whole(0, nb, 0, p.kv_heads))).unwrap_or(1);
         chunks.extend((0..p.batch).step_by(nb).map(|b0| whole(b0, nb.min(p.batch - b0), 0, p.kv_heads)));
-    } else if let Some(nkh) = (1..=p.kv_heads).rev().find(|&n| fits(&whole(0, 1, 0, n))) {
+    } else if let Some(nkh) = (1..=p.kv_heads).rev().find(|&n| !by_key_range && fits(&whole(0, 1, 0, n))) {
         for b0 in 0..p.batch {
             chunks
                 .extend((0..p.kv_heads).step_by(nkh).map(|kh0| whole(b0, 1, kh0, nkh.min(p.kv_heads - kh0))));
         }
     } else {
-        // query-row ranges of one (batch, kv head): the longest run of tiles that fits, in turn
+        // query-row ranges of one (batch, kv head): the longest run of tiles that fits, in turn;
+        // by key range, each run once per split
         for b0 in 0..p.batch {
             for kh0 in 0..p.kv_heads {
                 let mut t0 = 0;
                 while t0 < q_tiles {
-                    let chunk = |nt| Chunk { b0, nb: 1, kh0, nkh: 1, t0, nt };
+                    let chunk = |nt| Chunk { b0, nb: 1, kh0, nkh: 1, t0, nt, s0: 0, ns: n_splits };
                     let (mut lo, mut hi) = (0, q_tiles - t0); // largest nt in lo..=hi that fits
                     while lo < hi {
                         let mid = (lo + hi).div_ceil(2);
@@ -532,7 +581,11 @@ pub fn plan(
                             available: max_binding,
                         });
                     }
-                    chunks.push(chunk(lo));
+                    if by_key_range {
+                        chunks.extend((0..n_splits).map(|s0| Chunk { s0, ns: 1, ..chunk(lo) }));
+                    } else {
+                        chunks.push(chunk(lo));
+                    }
                     t0 += lo;
                 }
             }
@@ -702,7 +755,15 @@ pub fn forward_into(
         }
         for c in &plan.chunks {
             let (p0, _) = rows.rows(c);
-            let kh = element_range(p.kv_shape(), k.layout, c.b0, c.nb, c.kh0, c.nkh);
+            let kh = if c.ns < plan.n_splits {
+                // cut by key range: only this split's keys (clamped to Nk) are bound
+                let split_keys = (plan.tiles_per_split * plan.tiles.bk) as usize;
+                let k0 = (c.s0 as usize * split_keys).min(p.kv_len - 1);
+                let k1 = ((c.s0 + c.ns) as usize * split_keys).min(p.kv_len);
+                key_range(p.kv_shape(), k.layout, c.b0, c.kh0, k0, k1)
+            } else {
+                element_range(p.kv_shape(), k.layout, c.b0, c.nb, c.kh0, c.nkh)
+            };
             let qw = Window::new(ctx, &q.buffer, rows.range(q.layout, c));
             let kw = Window::new(ctx, &k.buffer, kh);
             let vw = Window::new(ctx, &v.buffer, kh);
@@ -720,8 +781,9 @@ pub fn forward_into(
                 kv_heads: c.nkh as u32,
                 q_tile0: c.t0 as u32,
                 q_tiles: c.nt as u32,
-                n_splits: plan.n_splits,
+                n_splits: c.ns,
                 tiles_per_split: plan.tiles_per_split,
+                split0: c.s0,
                 causal: causal_code(attn),
                 alibi_offset,
                 scale: attn.scale_for(p.head_dim),
@@ -766,7 +828,7 @@ pub fn forward_into(
                 o_res = ow.binding(&o.buffer);
                 lse_res = lw.binding(&lse.buffer);
             }
-            let total = (c.nb * c.nkh * c.nt) as u64 * ns;
+            let total = (c.nb * c.nkh * c.nt) as u64 * c.ns as u64;
             let uniform =
                 |grid_x, wg_offset| bytemuck::bytes_of(&ForwardParams { grid_x, wg_offset, ..fp }).to_vec();
             let resources = [
@@ -779,7 +841,8 @@ pub fn forward_into(
             ];
             dispatch_all(ctx, &mut pass, &pipeline, "flash forward", total, uniform, &resources);
 
-            if let Some((po, pl)) = &partial {
+            // merge once the chunk's rows have every split (the last key-range chunk of its rows)
+            if let Some((po, pl)) = partial.as_ref().filter(|_| c.s0 + c.ns == plan.n_splits) {
                 let mp = MergeParams {
                     rows: rows.count(c) as u32,
                     row0: p0 as u32,
