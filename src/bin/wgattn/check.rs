@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use wgpu_attention::kernels::flash::{Family, FAMILIES};
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
-use wgpu_attention::{tune, Attention, Causal, Context, Layout, Mask};
+use wgpu_attention::{Attention, Causal, Context, Layout, Mask};
 
 use crate::{one_line, CheckArgs, CliError};
 
@@ -165,12 +166,16 @@ fn full() -> Vec<Case> {
 }
 
 /// A few cases run by every kernel family this adapter has (tiled, register with and without
-/// subgroups), whatever family the tuner would pick: a new adapter is checked on all of them.
+/// subgroups, and their wide forms), whatever family the tuner would pick or time: a new adapter
+/// is checked on all of them.
 /// Head dims 40 and 64 only: the register families unroll everything, and lavapipe needs up to
 /// minutes to compile them at large head dims (the default family covers those above).
 fn families(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut cases = Vec::new();
-    for family in tune::candidates(ctx) {
+    let subgroups = ctx.adapter().features.contains(wgpu::Features::SUBGROUP);
+    let available =
+        FAMILIES.into_iter().filter(|f| subgroups || !matches!(f, Family::Register { subgroups: true, .. }));
+    for family in available {
         let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
         cases.push(
             Case::new(113, 203, 40).heads(2, 4, 2).attn(with(Attention::new().causal(Causal::BottomRight))),
