@@ -64,7 +64,15 @@ fn register_family_with_subgroups() {
 fn register_family_wide() {
     // twice the rows per invocation (16 at D ≤ 64, 8 at D ≤ 128; the 32-block case falls back to
     // 4): the lavapipe default after tuning. Its shaders compile ~3× slower: two head dims only.
-    matrix(common::ctx(), Family::Register { subgroups: true, wide: true }, [40, 111]);
+    let wide = Family::Register { subgroups: true, wide: true };
+    matrix(common::ctx(), wide, [40, 111]);
+    // above D 128: two rows per invocation instead of one
+    let with = |attn: Attention| Attention { kernel: Some(wide), ..attn };
+    check_on(
+        common::ctx(),
+        &Case::new(90, 130, 160).heads(1, 2, 1).attn(with(Attention::new().causal(Causal::BottomRight))),
+    );
+    check_on(common::ctx(), &Case::new(33, 150, 256).attn(with(Attention::new().kv_lens(vec![77]))));
 }
 
 #[test]
