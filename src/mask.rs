@@ -334,6 +334,18 @@ impl Mask {
         let one_cell = |size: usize| {
             rows.start / size == (rows.end - 1) / size && cols.start / size == (cols.end - 1) / size
         };
+        let parts = |v: &[Mask], start: Cover, join: fn(Cover, Cover) -> Cover, decided: Cover| {
+            v.iter()
+                .try_fold(start, |acc, m| {
+                    let c = join(acc, m.cover(d, b, h, rows.clone(), cols.clone(), kv_len_b));
+                    if c == decided {
+                        Err(c)
+                    } else {
+                        Ok(c)
+                    }
+                })
+                .unwrap_or_else(|c| c)
+        };
         match self {
             Mask::Window { left, right } => {
                 band(right.map_or(i64::MIN, |r| -bound(r)), left.map_or(i64::MAX, bound))
@@ -376,24 +388,8 @@ impl Mask {
                 Cover::of(v, !v)
             }
             // stop at the first part that decides (Empty for And, Full for Or)
-            Mask::And(v) => v
-                .iter()
-                .try_fold(Cover::Full, |acc, m| {
-                    match acc.and(m.cover(d, b, h, rows.clone(), cols.clone(), kv_len_b)) {
-                        Cover::Empty => Err(Cover::Empty),
-                        c => Ok(c),
-                    }
-                })
-                .unwrap_or_else(|decided| decided),
-            Mask::Or(v) => v
-                .iter()
-                .try_fold(Cover::Empty, |acc, m| {
-                    match acc.or(m.cover(d, b, h, rows.clone(), cols.clone(), kv_len_b)) {
-                        Cover::Full => Err(Cover::Full),
-                        c => Ok(c),
-                    }
-                })
-                .unwrap_or_else(|decided| decided),
+            Mask::And(v) => parts(v, Cover::Full, Cover::and, Cover::Empty),
+            Mask::Or(v) => parts(v, Cover::Empty, Cover::or, Cover::Full),
             _ => Cover::Mixed,
         }
     }
