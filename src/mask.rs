@@ -414,12 +414,28 @@ impl Mask {
     }
 }
 
+/// (seed, key blocks, count, query block) of one random draw.
+type DrawKey = (u64, usize, usize, usize);
+
 /// The `count` key blocks query block `qb` sees, drawn from `seed` (deterministic per query block).
 fn random_block_visible(seed: u64, size: usize, count: usize, d: Dims, i: usize, j: usize) -> bool {
     let kb = d.kv_len.div_ceil(size);
     let qb = i / size;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (qb as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    rand::seq::index::sample(&mut rng, kb, count.min(kb)).iter().any(|b| b == j / size)
+    // the draw of the last query block asked for, per thread: callers walk keys within a query
+    // block, so this saves a seeded RNG and a draw per element (or per block)
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(DrawKey, Vec<usize>)>> = const { std::cell::RefCell::new(None) };
+    }
+    let key = (seed, kb, count, qb);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ref().is_none_or(|(k, _)| *k != key) {
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(seed ^ (qb as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            *last = Some((key, rand::seq::index::sample(&mut rng, kb, count.min(kb)).into_vec()));
+        }
+        last.as_ref().is_some_and(|(_, blocks)| blocks.contains(&(j / size)))
+    })
 }
 
 /// How a predicate covers a rectangle of the score matrix.
