@@ -3,7 +3,7 @@
 //! The fastest fused-forward design differs by adapter (workgroup-memory tiles on a discrete GPU,
 //! registers and subgroup broadcasts on lavapipe: docs/LAVAPIPE.md), so the family is
 //! measured, not guessed from a vendor name. On the first call for a [`TuneKey`] (adapter, driver,
-//! wgpu version, padded head dim, dtype, mask class) each candidate family runs a representative
+//! wgpu version, kernels revision, padded head dim, dtype, mask class) each candidate family runs a representative
 //! problem (B1 H8 N1024, that head dim and mask class: one warm-up call, which also pays the
 //! shader compilation, then the median of three, or one run alone when it is already over twice
 //! the best so far) and the fastest is kept, in memory and in a small
@@ -111,7 +111,8 @@ pub fn candidates(ctx: &Context) -> Vec<Family> {
     let mut c = vec![Family::Tiled];
     // on a CPU adapter every load is a per-lane loop, so loading K/V rows in every invocation
     // (register-nosubgroup) only adds loads to the subgroup kernel: not worth its compile time
-    // there (lavapipe, D64: 19.5 vs 7.3 ms); on GPUs a broadcast load may beat a shuffle
+    // there (lavapipe, D64, `wgattn tune`: 92.6 vs 35.0 ms); on GPUs a broadcast load may beat a
+    // shuffle
     if !(cpu && subgroups) {
         c.push(Family::Register { subgroups: false, wide: false });
     }

@@ -396,7 +396,7 @@ fn element_range(shape: Shape, layout: Layout, b0: usize, nb: usize, h0: usize, 
 fn key_range(shape: Shape, layout: Layout, b: usize, h: usize, k0: usize, k1: usize) -> (u64, u64) {
     let [sb, sh, ss] = layout.strides(shape);
     let start = b * sb + h * sh + k0 * ss;
-    ((start) as u64, (start + (k1 - 1 - k0) * ss + shape.head_dim) as u64)
+    (start as u64, (start + (k1 - 1 - k0) * ss + shape.head_dim) as u64)
 }
 
 /// Query-side geometry: each K/V head's group of G query heads is a run of G·R "packed" rows,
