@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wgpu_attention::kernels::flash::{Family, FAMILIES};
+use wgpu_attention::kernels::flash::{TileConfig, FAMILIES};
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
 use wgpu_attention::{Attention, Causal, Context, Layout, Mask};
 
@@ -172,9 +172,8 @@ fn full() -> Vec<Case> {
 /// minutes to compile them at large head dims (the default family covers those above).
 fn families(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut cases = Vec::new();
-    let subgroups = ctx.adapter().features.contains(wgpu::Features::SUBGROUP);
-    let available =
-        FAMILIES.into_iter().filter(|f| subgroups || !matches!(f, Family::Register { subgroups: true, .. }));
+    // every family the adapter can run (the subgroup ones need SUBGROUP)
+    let available = FAMILIES.into_iter().filter(|&f| TileConfig::for_family(ctx, f, 40, None).is_ok());
     for family in available {
         let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
         cases.push(
