@@ -20,6 +20,8 @@
 
 const R: u32 = 4u; // @param query rows per invocation
 const KB: u32 = 8u; // @param keys per block (at most the smallest subgroup size)
+const KP: u32 = 1u; // @param keys whose scores are computed together (divides KB)
+const KG: u32 = 8u; // @param KB / KP
 const DV: u32 = 16u; // @param head dim rounded up to 4, / 4
 const WG: u32 = 8u; // @param invocations per workgroup
 const SUBGROUPS: u32 = 1u; // @param 1: share K/V rows by subgroup broadcast, 0: load per invocation
@@ -96,40 +98,55 @@ fn main(
         // (broadcast from lane kk, or loaded) serves all R rows at once, whose dot products
         // accumulate as scalars (R independent chains in registers).
         // @unroll
-        for (var kk = 0u; kk < KB; kk++) {
-            var dots: array<f32, R>;
+        for (var kg = 0u; kg < KG; kg++) {
+            var dots: array<f32, R * KP>;
             // @unroll
             for (var r = 0u; r < R; r++) {
-                dots[r] = 0.0;
+                // @unroll
+                for (var kp = 0u; kp < KP; kp++) {
+                    dots[r * KP + kp] = 0.0;
+                }
             }
             // @unroll
             for (var dv = 0u; dv < DV; dv++) {
+                var kv: array<vec4<f32>, KP>;
+                // @unroll
+                for (var kp = 0u; kp < KP; kp++) {
 // @if SUBGROUPS
-                let kv = subgroupBroadcast(k_row[dv], kk);
+                    kv[kp] = subgroupBroadcast(k_row[dv], kg * KP + kp);
 // @else
-                let kv = key4(tile, k0 + kk, dv);
+                    kv[kp] = key4(tile, k0 + kg * KP + kp, dv);
 // @endif
+                }
                 // @unroll
                 for (var r = 0u; r < R; r++) {
-                    // a short dependency chain per element: (x + y) + (z + w), then one add
-                    let t = qreg[r * DV + dv] * kv;
-                    dots[r] += (t.x + t.y) + (t.z + t.w);
+                    let q = qreg[r * DV + dv];
+                    // @unroll
+                    for (var kp = 0u; kp < KP; kp++) {
+                        // a short dependency chain per element: (x + y) + (z + w), then one add
+                        let t = q * kv[kp];
+                        dots[r * KP + kp] += (t.x + t.y) + (t.z + t.w);
+                    }
                 }
             }
             // @unroll
-            for (var r = 0u; r < R; r++) {
-                s[r * KB + kk] = score(tile, rows[r], dots[r], k0 + kk);
-            }
+            for (var kp = 0u; kp < KP; kp++) {
+                const kk = kg * KP + kp;
+                // @unroll
+                for (var r = 0u; r < R; r++) {
+                    s[r * KB + kk] = score(tile, rows[r], dots[r * KP + kp], k0 + kk);
+                }
 // @if SUBGROUPS
-            // this block's V rows, VPK vec4s per key
-            // @unroll
-            for (var j = 0u; j < VPK; j++) {
-                if (kk * VPK + j < DV) {
-                    const dv = min(kk * VPK + j, DV - 1u);
-                    v_row[dv] = value4(tile, k0 + my_key, dv);
+                // this block's V rows, VPK vec4s per key
+                // @unroll
+                for (var j = 0u; j < VPK; j++) {
+                    if (kk * VPK + j < DV) {
+                        const dv = min(kk * VPK + j, DV - 1u);
+                        v_row[dv] = value4(tile, k0 + my_key, dv);
+                    }
                 }
-            }
 // @endif
+            }
         }
 
         // masks, branch-free (a uniform `if (needs_mask)` would not skip the work on CPU adapters)

@@ -38,7 +38,7 @@ pub mod tune;
 pub struct ReadmeDoctests;
 
 pub use attention::{Attention, Causal, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
-pub use context::{AdapterSummary, Context, ContextOptions};
+pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions};
 pub use error::{Error, Result};
 pub use kernels::flash::{forward, forward_into, Output};
 pub use mask::{BlockMask, Mask};

@@ -93,6 +93,8 @@ pub struct TileConfig {
     pub bk: u32,
     /// Tiled: invocations per query row. Register: query rows per invocation.
     pub tpr: u32,
+    /// Register: keys whose scores an invocation computes together (divides `bk`; tiled: 1).
+    pub kp: u32,
     /// Head dim padded (to a multiple of `4·tpr` for tiled, of 4 for register).
     pub d_pad: u32,
 }
@@ -135,9 +137,6 @@ impl Variant {
     }
 }
 
-/// Invocations per workgroup of the register family.
-const REGISTER_WG: u32 = 8;
-
 impl TileConfig {
     /// Tiled family: the largest tiles that fit the adapter's workgroup memory and invocations.
     pub fn choose(head_dim: usize, limits: &wgpu::Limits) -> Result<Self> {
@@ -146,7 +145,7 @@ impl TileConfig {
         let candidates = [(32, 32), (16, 32), (16, 16), (8, 16), (8, 8), (4, 8), (2, 8)];
         let mut smallest = 0;
         for (bq, bk) in candidates {
-            let c = Self { family: Family::Tiled, bq, bk, tpr, d_pad };
+            let c = Self { family: Family::Tiled, bq, bk, tpr, kp: 1, d_pad };
             smallest = c.workgroup_bytes();
             if c.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
                 && bq * tpr <= limits.max_compute_invocations_per_workgroup
@@ -163,34 +162,59 @@ impl TileConfig {
         })
     }
 
-    /// Register family: rows per invocation by head dim (up to 64: 8; up to 128: 4; else 1;
-    /// twice that when `wide`), halved until the workgroup's 8·rows query rows divide the block
-    /// size of the call's block table (`table`), if it has one; key blocks of
-    /// `min(8, subgroup_min_size)` with subgroups, 8 without.
+    /// Register family, shaped by the lanes of the adapter's subgroups. With subgroups of at
+    /// least 16 lanes (llvmpipe with 512-bit vectors: AVX-512's 32 vector registers), workgroups
+    /// of 16 invocations walk key blocks of 16 with 8 / 4 / 2 query rows per invocation (head
+    /// dim up to 64 / 128 / beyond), scoring 16 / 8 / 8 keys together (`wide`: 16 / 8 / 4 rows,
+    /// 4 / 8 / 4 keys); otherwise workgroups of 8, key blocks of `min(8, subgroup_min_size)`
+    /// (8 without subgroups), 8 / 4 / 1 rows (twice that when `wide`) and one key at a time.
+    /// Rows are halved until the workgroup's query rows divide the block size of the call's
+    /// block table (`table`), if it has one. Figures behind each choice: docs/LAVAPIPE.md.
     pub fn register(
         head_dim: usize,
         subgroup_min_size: Option<u32>,
         table: Option<usize>,
         wide: bool,
     ) -> Self {
-        let mut rows: u32 = match head_dim {
-            0..=64 => 8,
-            65..=128 => 4,
-            _ => 1,
-        } << wide as u32;
-        while rows > 1 && table.is_some_and(|size| size % (REGISTER_WG * rows) as usize != 0) {
+        let lanes: u32 = if subgroup_min_size.is_some_and(|s| s >= 16) { 16 } else { 8 };
+        // (rows, keys scored together), measured on llvmpipe (docs/LAVAPIPE.md)
+        let (rows, kp): (u32, u32) = match (lanes, head_dim, wide) {
+            (16, 0..=64, false) => (8, 16),
+            (16, 0..=64, true) => (16, 4),
+            (16, 65..=128, false) => (4, 8),
+            (16, 65..=128, true) => (8, 8),
+            (16, _, false) => (2, 8),
+            (16, _, true) => (4, 4),
+            (_, 0..=64, _) => (8 << wide as u32, 1),
+            (_, 65..=128, _) => (4 << wide as u32, 1),
+            _ => (1 << wide as u32, 1),
+        };
+        let mut rows = rows;
+        while rows > 1 && table.is_some_and(|size| size % (lanes * rows) as usize != 0) {
             rows /= 2;
         }
         let (subgroups, kb) = match subgroup_min_size {
-            Some(s) => (true, s.clamp(1, 8)),
-            None => (false, 8),
+            Some(s) => (true, s.clamp(1, lanes)),
+            None => (false, lanes),
         };
         Self {
             family: Family::Register { subgroups, wide },
-            bq: REGISTER_WG * rows,
+            bq: lanes * rows,
             bk: kb,
             tpr: rows,
+            kp: kp.min(kb),
             d_pad: (head_dim as u32).div_ceil(4) * 4,
+        }
+    }
+
+    /// The register specialisation with half the query rows per invocation (None: tiled, or one
+    /// row already).
+    pub fn fewer_rows(&self) -> Option<Self> {
+        match self.family {
+            Family::Register { .. } if self.tpr > 1 => {
+                Some(Self { bq: self.bq / 2, tpr: self.tpr / 2, ..*self })
+            }
+            _ => None,
         }
     }
 
@@ -260,8 +284,10 @@ impl TileConfig {
                 Params::from([
                     ("R", self.tpr),
                     ("KB", self.bk),
+                    ("KP", self.kp),
+                    ("KG", self.bk / self.kp),
                     ("DV", dv),
-                    ("WG", REGISTER_WG),
+                    ("WG", self.bq / self.tpr),
                     ("SUBGROUPS", subgroups as u32),
                     ("RH", rh),
                     ("RHS", self.tpr / rh),
@@ -459,7 +485,9 @@ impl Rows {
     }
 }
 
-/// Plan a call: tiles, key splits, and chunks whose tensors fit the binding limit.
+/// Plan a call: tiles, key splits, and chunks whose tensors fit the binding limit. Where one
+/// query tile's tensors are over the limit, the register family retries with fewer query rows
+/// per invocation before giving up.
 pub fn plan(
     ctx: &Context,
     p: &Problem,
@@ -468,12 +496,33 @@ pub fn plan(
     q_layout: Layout,
     kv_layout: Layout,
 ) -> Result<Plan> {
-    let limits = ctx.limits();
     let family = match attn.kernel {
         Some(f) => f,
         None => crate::tune::family_for(ctx, p.head_dim, attn)?,
     };
-    let tiles = TileConfig::for_family(ctx, family, p.head_dim, table.map(|(_, size)| size))?;
+    let mut tiles = TileConfig::for_family(ctx, family, p.head_dim, table.map(|(_, size)| size))?;
+    loop {
+        match plan_tiles(ctx, p, attn, table, q_layout, kv_layout, tiles) {
+            Err(e @ Error::LimitExceeded { .. }) => match tiles.fewer_rows() {
+                Some(fewer) => tiles = fewer,
+                None => return Err(e),
+            },
+            planned => return planned,
+        }
+    }
+}
+
+/// [`plan`] with these tiles.
+fn plan_tiles(
+    ctx: &Context,
+    p: &Problem,
+    attn: &Attention,
+    table: Option<(usize, usize)>,
+    q_layout: Layout,
+    kv_layout: Layout,
+    tiles: TileConfig,
+) -> Result<Plan> {
+    let limits = ctx.limits();
     let rows = Rows::new(p.q_shape(), p.group(), tiles.bq as usize, table.is_none());
     let q_tiles = rows.tiles();
     // key tiles of the longest row of tiles

@@ -39,8 +39,10 @@ const EXIT_ERROR: u8 = 2;
     version,
     about = "Fused attention kernels on wgpu: adapter info, self-check, and attention on .npy files",
     after_help = "Adapter choice: WGATTN_BACKEND (vulkan,metal,dx12,gl) and WGATTN_ADAPTER (a \
-                  substring of the adapter name) override the default. RUST_LOG=info shows the \
-                  library's log."
+                  substring of the adapter name) override the default. On a CPU with AVX-512, \
+                  wgattn runs Mesa's llvmpipe/lavapipe with 512-bit vectors \
+                  (LP_NATIVE_VECTOR_WIDTH=512 unless set; 256 keeps Mesa's default). \
+                  RUST_LOG=info shows the library's log."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -304,6 +306,9 @@ pub enum CliError {
 }
 
 fn main() -> ExitCode {
+    // before anything reads the environment or loads a driver (LP_NATIVE_VECTOR_WIDTH=256 opts out)
+    // SAFETY: no other thread exists yet.
+    unsafe { wgpu_attention::prefer_wide_cpu_vectors() };
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("wgattn=warn,wgpu_attention=warn"),
     )
