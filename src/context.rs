@@ -64,6 +64,13 @@ impl ContextOptions {
 /// adapters, or once the driver is loaded (it reads the variable once): call it first thing in
 /// `main`. `wgattn` does.
 ///
+/// ```
+/// // first in main: SAFETY: no other thread exists yet
+/// let asked = unsafe { wgpu_attention::prefer_wide_cpu_vectors() };
+/// // set now, by this call or by the user before it
+/// assert!(!asked || std::env::var("LP_NATIVE_VECTOR_WIDTH").is_ok_and(|v| v == "512"));
+/// ```
+///
 /// # Safety
 /// Writes the process environment: no other thread may read or write it at the same time
 /// (see [`std::env::set_var`]).

@@ -31,8 +31,9 @@ use crate::tensor::Tensor;
 pub const WGPU_VERSION: &str = "30";
 
 /// Revision of the kernels and the candidate list (part of the tuning key, so that a cache
-/// written before a new candidate existed is measured again). 2: `register-wide`.
-pub const KERNELS_REVISION: u32 = 2;
+/// written before a new candidate existed is measured again). 2: `register-wide`; 3: register
+/// kernels shaped for 16-lane subgroups, keys scored KP at a time.
+pub const KERNELS_REVISION: u32 = 3;
 
 /// Mask classes that may prefer different families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
