@@ -8,7 +8,8 @@
 // DV vec4s and `subgroupBroadcast(x, const lane)` hands it to the other lanes (KB is at most the
 // adapter's smallest subgroup size, so every subgroup size from 4 to 128 works; lanes ≥ KB only
 // consume); without subgroups every invocation loads the KB rows itself. Online softmax in exp2;
-// no workgroup memory, no barriers. Workgroup size WG; a workgroup owns BQ = WG·R packed rows,
+// no workgroup memory, no barriers. Workgroup size WG (8, or 16 where subgroups have 16 lanes:
+// llvmpipe at 512 bits); a workgroup owns BQ = WG·R packed rows,
 // invocation t rows p0 + t + r·WG. Loops: only the key-block loop runs a run-time count
 // (≤ tiles_per_split, bounded by the host); `@unroll` loops are unrolled by src/shader.rs.
 //
@@ -94,9 +95,11 @@ fn main(
         let next_k0 = key_tile(tile, min(kt + 1u, tile.tile_end - 1u), KB).x;
 // @endif
 
-        // 1. scores of the R rows against the KB keys. Key kk in turn; each vec4 of its row
-        // (broadcast from lane kk, or loaded) serves all R rows at once, whose dot products
-        // accumulate as scalars (R independent chains in registers).
+        // 1. scores of the R rows against the KB keys, KP keys at a time: for each head-dim
+        // vec4, the KP keys' vec4s (broadcast from their lanes, or loaded) and each row's query
+        // vec4 (read once for KP keys) give R·KP dot products that accumulate as scalars
+        // (independent chains). KP > 1 pays where registers hold the KP key vec4s (AVX-512's
+        // 32 at 16 lanes: docs/LAVAPIPE.md).
         // @unroll
         for (var kg = 0u; kg < KG; kg++) {
             var dots: array<f32, R * KP>;
