@@ -178,7 +178,7 @@ impl TileConfig {
     ) -> Self {
         let lanes: u32 = if subgroup_min_size.is_some_and(|s| s >= 16) { 16 } else { 8 };
         // (rows, keys scored together), measured on llvmpipe (docs/LAVAPIPE.md)
-        let (rows, kp): (u32, u32) = match (lanes, head_dim, wide) {
+        let (mut rows, kp): (u32, u32) = match (lanes, head_dim, wide) {
             (16, 0..=64, false) => (8, 16),
             (16, 0..=64, true) => (16, 4),
             (16, 65..=128, false) => (4, 8),
@@ -189,7 +189,6 @@ impl TileConfig {
             (_, 65..=128, _) => (4 << wide as u32, 1),
             _ => (1 << wide as u32, 1),
         };
-        let mut rows = rows;
         while rows > 1 && table.is_some_and(|size| size % (lanes * rows) as usize != 0) {
             rows /= 2;
         }
