@@ -28,12 +28,18 @@ fn bench_forward(c: &mut Criterion) {
             group.throughput(Throughput::Elements(flops as u64));
             let name = if causal { "causal" } else { "dense" };
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| forward(&ctx, &q, &k, &v, &attn).unwrap())
+                b.iter(|| {
+                    forward(&ctx, &q, &k, &v, &attn).unwrap();
+                    ctx.wait_idle().unwrap()
+                })
             });
             // the naive baseline materialises S: only where it is affordable
             if n <= 1024 {
                 group.bench_with_input(BenchmarkId::new(format!("naive_{name}"), n), &n, |b, _| {
-                    b.iter(|| naive::forward(&ctx, &q, &k, &v, &attn).unwrap())
+                    b.iter(|| {
+                        naive::forward(&ctx, &q, &k, &v, &attn).unwrap();
+                        ctx.wait_idle().unwrap()
+                    })
                 });
             }
         }

@@ -48,7 +48,10 @@ fn bench_density(c: &mut Criterion) {
     for (name, attn, density) in runs {
         group.throughput(Throughput::Elements((dense_flops * density) as u64));
         group.bench_with_input(BenchmarkId::new(name, format!("{density:.3}")), &attn, |b, attn| {
-            b.iter(|| forward(&ctx, &q, &k, &v, attn).unwrap())
+            b.iter(|| {
+                forward(&ctx, &q, &k, &v, attn).unwrap();
+                ctx.wait_idle().unwrap()
+            })
         });
     }
     group.finish();

@@ -66,6 +66,16 @@ impl Layout {
         }
     }
 
+    /// The axis order of strides (batch, head, seq): BSHD when the head stride is below the
+    /// sequence stride, else BHSD.
+    pub fn of(strides: [usize; 3]) -> Self {
+        if strides[1] < strides[2] {
+            Layout::Bshd
+        } else {
+            Layout::Bhsd
+        }
+    }
+
     /// Offset of element (b, h, s, d).
     pub fn offset(self, shape: Shape, b: usize, h: usize, s: usize, d: usize) -> usize {
         let [sb, sh, ss] = self.strides(shape);
@@ -377,5 +387,24 @@ impl HostTensor {
     /// Element (b, h, s, d).
     pub fn at(&self, b: usize, h: usize, s: usize, d: usize) -> f32 {
         self.data[self.layout.offset(self.shape, b, h, s, d)]
+    }
+}
+
+/// O and LSE on the host: what [`crate::attention`] and the CPU paths return.
+#[non_exhaustive]
+#[derive(Clone, Debug)]
+pub struct HostOutput {
+    /// O in Q's shape and layout.
+    pub o: HostTensor,
+    /// LSE `[B, Hq, Nq]`, natural log; −∞ for a row that saw no key.
+    pub lse: Vec<f32>,
+    /// What ran on the GPU (`None` for the CPU paths).
+    pub info: Option<crate::record::CallInfo>,
+}
+
+impl HostOutput {
+    /// O and LSE computed on the CPU.
+    pub(crate) fn cpu(o: HostTensor, lse: Vec<f32>) -> Self {
+        Self { o, lse, info: None }
     }
 }

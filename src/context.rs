@@ -1,6 +1,10 @@
 //! The GPU context: adapter choice, a device with the adapter's real limits, the queue, the
-//! pipeline cache and the read-back helper. One `Context` is `Send + Sync`; share it by reference
-//! or `Arc` between threads.
+//! pipeline cache (typed keys), allocation accounting, submission with its error scopes and the
+//! read-back. It holds no per-call state: what a call ran comes back with its output, so one
+//! `Context` (`Send + Sync`) is shared by reference or `Arc` between threads.
+//!
+//! Configuration is [`ContextOptions`]; [`ContextOptions::from_env`] is the one place that reads
+//! the `WGATTN_*` environment variables.
 //!
 //! Adapter choice: every adapter of the allowed backends is listed and the best ranked one is taken
 //! (discrete > integrated > virtual > CPU; Vulkan, Metal and DX12 before GL). Two environment
@@ -9,14 +13,26 @@
 //! - `WGATTN_ADAPTER`: a case-insensitive substring of the adapter's name (e.g. `llvmpipe`).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::kernels::flash::Family;
+use crate::shader::Params;
 
 static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// How to choose an adapter; [`ContextOptions::from_env`] reads the `WGATTN_*` overrides.
+/// How to open a context and how its calls choose kernels. [`ContextOptions::from_env`] reads
+/// the `WGATTN_*` overrides; [`Context::new`] uses it.
+///
+/// ```
+/// use wgpu_attention::{ContextOptions, Family};
+/// let options = ContextOptions::default().kernel(Family::Tiled).tune(false).gpu_timing(true);
+/// assert_eq!(options.kernel, Some(Family::Tiled));
+/// ```
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
     /// Backends to consider.
@@ -29,29 +45,95 @@ pub struct ContextOptions {
     /// Treat the adapter's smallest subgroup as this size (at most the real one): kernels then
     /// broadcast across fewer lanes, as they would on such an adapter. For tests.
     pub subgroup_min_size: Option<u32>,
+    /// Run this fused-forward family for every call (unless the call's own launch hint names
+    /// one); `None` lets the tuner or the adapter's default choose.
+    pub kernel: Option<Family>,
+    /// Time the candidate families on first use of a tuning key and keep the fastest (see
+    /// [`crate::tune`]); false takes the adapter's default family.
+    pub tune: bool,
+    /// Folder of the tuning cache file (`tune.tsv`); `None` keeps choices in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Time each call's GPU work with timestamp queries (where the adapter has
+    /// `TIMESTAMP_QUERY`); the time comes back in the call's [`crate::CallInfo`].
+    pub gpu_timing: bool,
 }
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        Self { backends: wgpu::Backends::all(), adapter_name: None, limits: None, subgroup_min_size: None }
+        Self {
+            backends: wgpu::Backends::all(),
+            adapter_name: None,
+            limits: None,
+            subgroup_min_size: None,
+            kernel: None,
+            tune: true,
+            cache_dir: None,
+            gpu_timing: false,
+        }
     }
 }
 
 impl ContextOptions {
-    /// Defaults overridden by `WGATTN_BACKEND` and `WGATTN_ADAPTER`.
-    pub fn from_env() -> Self {
+    /// Defaults overridden by the environment: `WGATTN_BACKEND` (a comma list of `vulkan`,
+    /// `metal`, `dx12`, `gl`), `WGATTN_ADAPTER` (a substring of the adapter's name),
+    /// `WGATTN_KERNEL` (a [`Family::name`]), `WGATTN_TUNE=off`, and the tuning cache folder
+    /// `WGATTN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgpu-attention`, else
+    /// `~/.cache/wgpu-attention`. An unknown `WGATTN_KERNEL` is an error.
+    pub fn from_env() -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let mut o = Self::default();
-        if let Ok(b) = std::env::var("WGATTN_BACKEND") {
-            if !b.trim().is_empty() {
-                o.backends = wgpu::Backends::from_comma_list(&b);
-            }
+        if let Some(b) = var("WGATTN_BACKEND") {
+            o.backends = wgpu::Backends::from_comma_list(&b);
         }
-        if let Ok(a) = std::env::var("WGATTN_ADAPTER") {
-            if !a.trim().is_empty() {
-                o.adapter_name = Some(a);
-            }
-        }
-        o
+        o.adapter_name = var("WGATTN_ADAPTER");
+        o.kernel = var("WGATTN_KERNEL").map(|k| Family::from_name(&k)).transpose()?;
+        o.tune = !var("WGATTN_TUNE").is_some_and(|v| v.trim().eq_ignore_ascii_case("off"));
+        o.cache_dir = var("WGATTN_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgpu-attention")))
+            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache").join("wgpu-attention")));
+        Ok(o)
+    }
+
+    /// Set [`ContextOptions::backends`].
+    pub fn backends(mut self, backends: wgpu::Backends) -> Self {
+        self.backends = backends;
+        self
+    }
+    /// Set [`ContextOptions::adapter_name`].
+    pub fn adapter_name(mut self, name: impl Into<String>) -> Self {
+        self.adapter_name = Some(name.into());
+        self
+    }
+    /// Set [`ContextOptions::limits`].
+    pub fn limits(mut self, limits: wgpu::Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+    /// Set [`ContextOptions::subgroup_min_size`].
+    pub fn subgroup_min_size(mut self, lanes: u32) -> Self {
+        self.subgroup_min_size = Some(lanes);
+        self
+    }
+    /// Set [`ContextOptions::kernel`].
+    pub fn kernel(mut self, family: Family) -> Self {
+        self.kernel = Some(family);
+        self
+    }
+    /// Set [`ContextOptions::tune`].
+    pub fn tune(mut self, tune: bool) -> Self {
+        self.tune = tune;
+        self
+    }
+    /// Set [`ContextOptions::cache_dir`].
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+    /// Set [`ContextOptions::gpu_timing`].
+    pub fn gpu_timing(mut self, on: bool) -> Self {
+        self.gpu_timing = on;
+        self
     }
 }
 
@@ -113,45 +195,38 @@ pub struct Context {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     summary: AdapterSummary,
-    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    options: ContextOptions,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
-    timer: Mutex<Option<Arc<GpuTimer>>>,
     allocated: AtomicU64,
-    pub(crate) tuner: crate::tune::Tuner,
-    last_kernel: Mutex<Option<crate::kernels::flash::TileConfig>>,
+    /// The tuner's choices of this context (`crate::tune` owns their meaning).
+    pub(crate) tuned: Mutex<HashMap<crate::tune::TuneKey, Family>>,
 }
 
-/// Timestamp queries around a call's compute pass (for benchmarks; see
-/// [`Context::enable_gpu_timing`]).
-pub(crate) struct GpuTimer {
-    query_set: wgpu::QuerySet,
-    resolve: wgpu::Buffer,
-    period_ns: f64,
-    last: Mutex<Option<std::time::Duration>>,
+/// What identifies a compiled pipeline: the shader file, its entry point and the template
+/// parameters it was specialised with.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub params: Params,
 }
 
-impl GpuTimer {
-    pub(crate) fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
-        wgpu::ComputePassTimestampWrites {
-            query_set: &self.query_set,
-            beginning_of_pass_write_index: Some(0),
-            end_of_pass_write_index: Some(1),
-        }
-    }
+/// An error scope popped but not yet resolved (on the web scopes resolve asynchronously).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>> + Send>>;
+/// An error scope popped but not yet resolved (on the web scopes resolve asynchronously).
+#[cfg(target_arch = "wasm32")]
+pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
 
-    /// Resolve the two timestamps into the resolve buffer (record after the pass).
-    pub(crate) fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.resolve_query_set(&self.query_set, 0..2, &self.resolve, 0);
-    }
-
-    /// Read the resolved timestamps (after the submission finished) and remember the duration.
-    pub(crate) fn read(&self, ctx: &Context) -> Result<()> {
-        let bytes = ctx.read_bytes(&self.resolve, 0, 16)?;
-        let t: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
-        let ns = t[1].saturating_sub(t[0]) as f64 * self.period_ns;
-        *self.last.lock().unwrap() = Some(std::time::Duration::from_nanos(ns as u64));
-        Ok(())
+/// Poll `f` once without blocking: its output if it is already ready.
+pub(crate) fn ready_now<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -172,17 +247,21 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
 }
 
 impl Context {
-    /// Open the best adapter, honouring `WGATTN_BACKEND` / `WGATTN_ADAPTER`.
+    /// Open the best adapter with the options of the environment ([`ContextOptions::from_env`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
-        Self::with_options(&ContextOptions::from_env())
+        Self::with_options(&ContextOptions::from_env()?)
     }
 
-    /// Open an adapter chosen by `options`.
+    /// Open an adapter chosen by `options`, waiting for it (native targets; on the web use
+    /// [`Context::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(options: &ContextOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(options))
     }
 
-    async fn new_async(options: &ContextOptions) -> Result<Self> {
+    /// Open an adapter chosen by `options`.
+    pub async fn new_async(options: &ContextOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: options.backends,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -233,7 +312,7 @@ impl Context {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+            .map_err(Error::RequestDevice)?;
         let lost = Arc::new(Mutex::new(None));
         let lost_cb = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -253,16 +332,20 @@ impl Context {
             pipelines: Mutex::new(HashMap::new()),
             lost,
             uncaptured,
-            timer: Mutex::new(None),
             allocated: AtomicU64::new(0),
-            tuner: Default::default(),
-            last_kernel: Mutex::new(None),
+            options: options.clone(),
+            tuned: Mutex::new(HashMap::new()),
         })
     }
 
     /// The adapter, its enabled features and limits.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.summary
+    }
+
+    /// The options the context was opened with.
+    pub fn options(&self) -> &ContextOptions {
+        &self.options
     }
 
     /// The device's limits.
@@ -280,39 +363,10 @@ impl Context {
         &self.queue
     }
 
-    /// Time each later call's GPU work with timestamp queries (read with
-    /// [`Context::last_gpu_time`]). Returns false, and changes nothing, when the adapter lacks
-    /// `TIMESTAMP_QUERY`. Timing adds a read-back per call; meant for single-threaded benchmarks.
-    pub fn enable_gpu_timing(&self) -> bool {
-        if !self.summary.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return false;
-        }
-        let mut timer = self.timer.lock().unwrap();
-        if timer.is_none() {
-            let query_set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("call timestamps"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            });
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("timestamp resolve"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let period_ns = self.queue.get_timestamp_period() as f64;
-            *timer = Some(Arc::new(GpuTimer { query_set, resolve, period_ns, last: Mutex::new(None) }));
-        }
-        true
-    }
-
-    /// GPU time of the last timed call (between the start and end of its compute pass).
-    pub fn last_gpu_time(&self) -> Option<std::time::Duration> {
-        self.timer.lock().unwrap().as_ref().and_then(|t| *t.last.lock().unwrap())
-    }
-
-    pub(crate) fn timer(&self) -> Option<Arc<GpuTimer>> {
-        self.timer.lock().unwrap().clone()
+    /// Whether calls time their GPU work ([`ContextOptions::gpu_timing`] on an adapter with
+    /// `TIMESTAMP_QUERY`).
+    pub fn gpu_timing(&self) -> bool {
+        self.options.gpu_timing && self.summary.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Total bytes of device buffers this context has created so far (tensors, outputs, scratch,
@@ -334,15 +388,6 @@ impl Context {
         self.device.create_buffer_init(desc)
     }
 
-    /// The fused-forward specialisation (family and tiles) the last call on this context ran.
-    pub fn last_kernel(&self) -> Option<crate::kernels::flash::TileConfig> {
-        *self.last_kernel.lock().unwrap()
-    }
-
-    pub(crate) fn set_last_kernel(&self, k: crate::kernels::flash::TileConfig) {
-        *self.last_kernel.lock().unwrap() = Some(k);
-    }
-
     /// Number of compiled pipelines in the cache.
     pub fn cached_pipelines(&self) -> usize {
         self.pipelines.lock().unwrap().len()
@@ -362,46 +407,77 @@ impl Context {
     /// The pipeline for `key`, built by `build` the first time it is asked for.
     pub(crate) fn pipeline(
         &self,
-        key: &str,
+        key: PipelineKey,
         build: impl FnOnce(&wgpu::Device) -> Result<wgpu::ComputePipeline>,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        if let Some(p) = self.pipelines.lock().unwrap().get(key) {
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         // Built outside the lock: another thread may build the same one; the first insert wins.
         let pipeline = Arc::new(self.scoped(|| build(&self.device))??);
         let mut cache = self.pipelines.lock().unwrap();
-        Ok(cache.entry(key.to_string()).or_insert(pipeline).clone())
+        Ok(cache.entry(key).or_insert(pipeline).clone())
     }
 
-    /// Run `f` inside validation and out-of-memory error scopes; a captured error becomes
-    /// [`Error::Gpu`].
+    /// Run `f` inside validation and out-of-memory error scopes (for work outside a
+    /// submission: buffer and pipeline creation). A captured error becomes [`Error::Gpu`]; where
+    /// scopes resolve asynchronously (the web) an error is logged when it arrives instead.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         self.check_alive()?;
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let out = f();
-        let v = pollster::block_on(validation.pop());
-        let m = pollster::block_on(oom.pop());
-        if let Some(e) = v.or(m) {
-            return Err(Error::Gpu(e.to_string()));
+        let (out, scopes) = self.in_scopes(f);
+        for scope in scopes {
+            match ready_now(scope) {
+                Some(Some(e)) => return Err(Error::Gpu(e.to_string())),
+                Some(None) => {}
+                None => log::debug!("an error scope resolves later; errors are reported then"),
+            }
         }
         Ok(out)
     }
 
-    /// Submit `encoder` and wait until the GPU has finished it.
-    pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        let index = self.scoped(|| self.queue.submit([encoder.finish()]))?;
+    /// `f` inside validation and out-of-memory scopes, and the two popped scopes (innermost first).
+    pub(crate) fn in_scopes<T>(&self, f: impl FnOnce() -> T) -> (T, [ScopeFuture; 2]) {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v: ScopeFuture = Box::pin(validation.pop());
+        let m: ScopeFuture = Box::pin(oom.pop());
+        (out, [v, m])
+    }
+
+    /// Submit `encoder` (one error scope pair around finishing and submitting it).
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
+        self.scoped(|| self.queue.submit([encoder.finish()]))
+    }
+
+    /// Wait until the GPU has finished `submission` (everything submitted, for `None`). Native
+    /// targets only: on the web the browser runs submissions and resolves futures by itself.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
             .map_err(|e| Error::Gpu(e.to_string()))?;
         self.check_alive()
     }
 
-    /// Copy `size` bytes of `buffer` (which needs `COPY_SRC`) from `offset` back to the host.
-    pub(crate) fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    /// Wait until the GPU has finished everything submitted on this context (native targets):
+    /// what a benchmark needs after a call, since calls return once their work is submitted.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait_idle(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    /// Copy `size` bytes of `buffer` (which needs `COPY_SRC`) from `offset` to a staging buffer
+    /// now; the future resolves to them once the copy finished and the staging buffer is mapped
+    /// (on native targets after a device poll). Offset and size are multiples of 4.
+    pub(crate) fn read_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<impl Future<Output = Result<Vec<u8>>> + 'static> {
         let staging = self.scoped(|| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
+            self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("read-back staging"),
                 size,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -410,19 +486,26 @@ impl Context {
         })?;
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-        self.submit_and_wait(encoder)?;
-        let slice = staging.slice(..);
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::ReadBack(e.to_string()))?;
-        match pollster::block_on(receiver.receive()) {
+        self.submit(encoder)?;
+        Ok(map_read(staging))
+    }
+}
+
+/// Map `staging` for reading; the future resolves to its bytes (the buffer is unmapped and
+/// dropped after).
+pub(crate) fn map_read(staging: wgpu::Buffer) -> impl Future<Output = Result<Vec<u8>>> + 'static {
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = sender.send(r);
+    });
+    async move {
+        match receiver.receive().await {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(Error::ReadBack(e.to_string())),
             None => return Err(Error::ReadBack("the map callback was dropped".into())),
         }
-        let bytes = slice.get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?.to_vec();
+        let bytes =
+            staging.slice(..).get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?.to_vec();
         staging.unmap();
         Ok(bytes)
     }

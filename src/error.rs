@@ -4,7 +4,8 @@
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in `wgpu-attention`.
+/// Everything that can go wrong in `wgpu-attention`. New variants may come in minor releases.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No adapter matched; the message says how to get one.
@@ -19,7 +20,7 @@ pub enum Error {
     },
     /// The adapter exists but refused to create a device.
     #[error("the adapter refused to create a device: {0}")]
-    RequestDevice(String),
+    RequestDevice(#[source] wgpu::RequestDeviceError),
     /// Shapes of Q, K, V (or the output) do not agree.
     #[error("shape mismatch: {0}")]
     ShapeMismatch(String),
@@ -57,7 +58,8 @@ pub enum Error {
     /// A tensor was created on another context.
     #[error("tensor belongs to another context")]
     ForeignTensor,
-    /// wgpu reported a validation or out-of-memory error.
+    /// wgpu reported a validation or out-of-memory error (its message: wgpu's error type is not
+    /// `Sync`, so it is not kept as the source).
     #[error("GPU error: {0}")]
     Gpu(String),
     /// The device was lost (driver reset, GPU removed).

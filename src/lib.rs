@@ -24,9 +24,11 @@
 pub mod attention;
 pub mod context;
 pub mod cpu;
+pub mod dtype;
 pub mod error;
 pub mod kernels;
 pub mod mask;
+pub mod record;
 pub mod shader;
 pub mod tensor;
 pub mod testing;
@@ -37,23 +39,18 @@ pub mod tune;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use attention::{Attention, Causal, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
+pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
 pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions};
+pub use dtype::DType;
 pub use error::{Error, Result};
-pub use kernels::flash::{forward, forward_into, Output};
+pub use kernels::flash::{forward, forward_into, Family, TileConfig};
 pub use mask::{BlockMask, Mask};
+pub use record::{CallInfo, Output, Recorder, Submission};
 pub use tensor::Tensor;
 
-/// O and LSE on the host.
-#[derive(Clone, Debug)]
-pub struct HostOutput {
-    /// O in Q's shape and layout.
-    pub o: HostTensor,
-    /// LSE `[B, Hq, Nq]`, natural log; −∞ for a row that saw no key.
-    pub lse: Vec<f32>,
-}
-
-/// One-call convenience: upload Q, K, V, run the fused forward on the GPU, read O and LSE back.
+/// One-call convenience: upload Q, K, V, run the fused forward on the GPU, read O and LSE back
+/// (native targets: it waits for the GPU).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn attention(
     ctx: &Context,
     q: &HostTensor,
@@ -64,5 +61,5 @@ pub fn attention(
     attn.validate(q.shape, k.shape, v.shape)?;
     let (qd, kd, vd) = (Tensor::upload(ctx, q)?, Tensor::upload(ctx, k)?, Tensor::upload(ctx, v)?);
     let out = forward(ctx, &qd, &kd, &vd, attn)?;
-    Ok(HostOutput { o: out.o.to_host(ctx)?, lse: out.lse.to_host(ctx)?.data })
+    Ok(HostOutput { o: out.o.to_host(ctx)?, lse: out.lse.to_host(ctx)?.data, info: Some(out.info) })
 }

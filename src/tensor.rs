@@ -1,70 +1,248 @@
-//! Device-resident tensors: a storage buffer plus logical shape and layout. Calls take and return
-//! `Tensor`s, so a caller can chain attention calls without host round trips; `upload` and
-//! `to_host` are the only copies.
+//! Device tensors: a view into a storage buffer that knows its element type, its logical shape
+//! `[B, H, S, D]`, its strides and its offset. Several tensors may view one buffer (a slice of a
+//! bigger buffer, a KV cache, a page pool); calls take and return `Tensor`s, so a caller chains
+//! attention calls without host round trips. `upload`, `fill` and `to_host` are the only copies.
+//!
+//! Strides are in elements for the batch, head and sequence axes; the head dim is always
+//! contiguous (stride 1), as every kernel reads whole head-dim rows.
+
+use std::future::Future;
+use std::sync::Arc;
 
 use crate::attention::{HostTensor, Layout, Shape};
 use crate::context::Context;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
-/// An f32 tensor `[B, H, S, D]` in a storage buffer.
-#[derive(Debug)]
+/// A view `[B, H, S, D]` of elements of `dtype` in a storage buffer.
+///
+/// ```
+/// use wgpu_attention::{Context, HostTensor, Layout, Shape, Tensor};
+/// # fn main() -> Result<(), wgpu_attention::Error> {
+/// let ctx = Context::new()?;
+/// let shape = Shape::new(1, 2, 8, 4);
+/// let host = HostTensor::new((0..64).map(|i| i as f32).collect(), shape, Layout::Bhsd)?;
+/// let t = Tensor::upload(&ctx, &host)?;
+/// // rows 2..5 of every head: a view of the same buffer, no copy
+/// let rows = t.narrow(2, 2, 3)?;
+/// assert_eq!(rows.shape(), Shape::new(1, 2, 3, 4));
+/// assert_eq!(rows.to_host(&ctx)?.at(0, 1, 0, 0), host.at(0, 1, 2, 0));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
 pub struct Tensor {
-    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) buffer: Arc<wgpu::Buffer>,
+    pub(crate) dtype: DType,
     pub(crate) shape: Shape,
+    pub(crate) strides: [usize; 3],
+    /// Elements from the start of the buffer to element (0, 0, 0, 0).
+    pub(crate) offset: usize,
+    /// The axis order outputs are allocated in and `to_host` returns.
     pub(crate) layout: Layout,
     pub(crate) context_id: u64,
 }
 
+const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
 impl Tensor {
-    /// Copy a host tensor to the device.
+    /// Copy a host tensor to the device (a new buffer, in the host tensor's layout).
     pub fn upload(ctx: &Context, host: &HostTensor) -> Result<Self> {
-        let bytes = (host.data.len() * 4) as u64;
-        check_buffer_size(ctx, "tensor", bytes)?;
+        let dtype = DType::F32;
+        check_buffer_size(ctx, "tensor", dtype.bytes(host.data.len() as u64))?;
         let data: &[u8] = if host.data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(&host.data) };
         let buffer = ctx.scoped(|| {
             ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("tensor"),
                 contents: data,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
+                usage: USAGE,
             })
         })?;
-        Ok(Self { buffer, shape: host.shape, layout: host.layout, context_id: ctx.id })
+        Ok(Self::whole(ctx, buffer, dtype, host.shape, host.layout))
     }
 
-    /// An uninitialised (zeroed) tensor on the device.
+    /// A zeroed tensor on the device (a new buffer in `layout`).
     pub fn zeros(ctx: &Context, shape: Shape, layout: Layout) -> Result<Self> {
-        let bytes = (shape.len().max(1) * 4) as u64;
+        let dtype = DType::F32;
+        let bytes = dtype.bytes(shape.len().max(1) as u64);
         check_buffer_size(ctx, "tensor", bytes)?;
         let buffer = ctx.scoped(|| {
             ctx.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("tensor"),
                 size: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
+                usage: USAGE,
                 mapped_at_creation: false,
             })
         })?;
-        Ok(Self { buffer, shape, layout, context_id: ctx.id })
+        Ok(Self::whole(ctx, buffer, dtype, shape, layout))
     }
 
-    /// Overwrite the whole tensor with `value` (tests poison outputs with NaN this way).
-    pub fn fill(&self, ctx: &Context, value: f32) -> Result<()> {
-        self.check_context(ctx)?;
-        let data = vec![value; self.shape.len().max(1)];
-        ctx.scoped(|| ctx.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&data)))?;
+    fn whole(ctx: &Context, buffer: wgpu::Buffer, dtype: DType, shape: Shape, layout: Layout) -> Self {
+        let strides = layout.strides(shape);
+        Self { buffer: Arc::new(buffer), dtype, shape, strides, offset: 0, layout, context_id: ctx.id }
+    }
+
+    /// A tensor over a caller's buffer (made on `ctx`'s device, with `STORAGE` usage; `COPY_SRC`
+    /// to read it back, `COPY_DST` to fill it): element (b, h, s, d) at byte
+    /// `byte_offset + size·(b·strides[0] + h·strides[1] + s·strides[2] + d)`.
+    pub fn from_buffer(
+        ctx: &Context,
+        buffer: Arc<wgpu::Buffer>,
+        dtype: DType,
+        shape: Shape,
+        strides: [usize; 3],
+        byte_offset: u64,
+    ) -> Result<Self> {
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::InvalidOption("a tensor's buffer needs STORAGE usage".into()));
+        }
+        if !byte_offset.is_multiple_of(dtype.size()) {
+            return Err(Error::InvalidOption(format!(
+                "byte offset {byte_offset} is not a multiple of the {dtype} element size"
+            )));
+        }
+        let t = Self {
+            buffer,
+            dtype,
+            shape,
+            strides,
+            offset: (byte_offset / dtype.size()) as usize,
+            layout: Layout::of(strides),
+            context_id: ctx.id,
+        };
+        t.check_bounds()?;
+        Ok(t)
+    }
+
+    /// A view of this tensor's buffer with another shape, strides and offset (in elements from
+    /// this view's first element); fails when it reaches outside the buffer.
+    pub fn view(&self, shape: Shape, strides: [usize; 3], offset: usize) -> Result<Self> {
+        let layout = if strides == self.strides { self.layout } else { Layout::of(strides) };
+        let t = Self { shape, strides, offset: self.offset + offset, layout, ..self.clone() };
+        t.check_bounds()?;
+        Ok(t)
+    }
+
+    /// Elements `start..start + len` of axis `axis` (0 batch, 1 heads, 2 sequence, 3 head dim), as
+    /// a view of the same buffer (e.g. the first `len` positions of a KV cache).
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
+        let mut dims = [self.shape.batch, self.shape.heads, self.shape.seq, self.shape.head_dim];
+        if axis > 3 || start + len > dims[axis] {
+            return Err(Error::ShapeMismatch(format!(
+                "narrow({axis}, {start}, {len}) of a tensor of shape {}",
+                self.shape
+            )));
+        }
+        dims[axis] = len;
+        let stride = if axis == 3 { 1 } else { self.strides[axis] };
+        let shape = Shape::new(dims[0], dims[1], dims[2], dims[3]);
+        self.view(shape, self.strides, start * stride)
+    }
+
+    fn check_bounds(&self) -> Result<()> {
+        let end = self.dtype.bytes(self.extent().1 as u64);
+        if end > self.buffer.size() {
+            return Err(Error::ShapeMismatch(format!(
+                "a tensor {} with strides {:?} at element {} reaches byte {end} of a {}-byte buffer",
+                self.shape,
+                self.strides,
+                self.offset,
+                self.buffer.size()
+            )));
+        }
         Ok(())
     }
 
-    /// Read the tensor back to the host.
-    pub fn to_host(&self, ctx: &Context) -> Result<HostTensor> {
+    /// Elements `[first, end)` of the buffer the view touches (first = end for an empty tensor).
+    pub(crate) fn extent(&self) -> (usize, usize) {
+        if self.shape.is_empty() {
+            return (self.offset, self.offset);
+        }
+        let Shape { batch, heads, seq, head_dim } = self.shape;
+        let [sb, sh, ss] = self.strides;
+        let last = (batch - 1) * sb + (heads - 1) * sh + (seq - 1) * ss + head_dim;
+        (self.offset, self.offset + last)
+    }
+
+    /// True when the view's elements are exactly `[offset, offset + len)` of the buffer in BHSD
+    /// or BSHD order.
+    pub fn is_contiguous(&self) -> bool {
+        let (a, b) = self.extent();
+        b - a == self.shape.len()
+            && [Layout::Bhsd, Layout::Bshd].iter().any(|l| l.strides(self.shape) == self.strides)
+    }
+
+    /// Overwrite every element of the view with `value` (tests poison outputs with NaN this way);
+    /// elements of the buffer between a strided view's rows are left alone.
+    pub fn fill(&self, ctx: &Context, value: f32) -> Result<()> {
         self.check_context(ctx)?;
-        let bytes = ctx.read_bytes(&self.buffer, 0, (self.shape.len().max(1) * 4) as u64)?;
-        let mut data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        data.truncate(self.shape.len());
-        HostTensor::new(data, self.shape, self.layout)
+        let write = |first: usize, n: usize| {
+            let data = vec![value; n];
+            let at = self.dtype.bytes(first as u64);
+            ctx.queue.write_buffer(&self.buffer, at, bytemuck::cast_slice(&data));
+        };
+        ctx.scoped(|| {
+            if self.is_contiguous() {
+                write(self.offset, self.shape.len());
+            } else {
+                self.for_each_row(|first| write(first, self.shape.head_dim));
+            }
+        })
+    }
+
+    /// `f(first element)` of every head-dim row, in BHSD order.
+    fn for_each_row(&self, mut f: impl FnMut(usize)) {
+        let [sb, sh, ss] = self.strides;
+        for b in 0..self.shape.batch {
+            for h in 0..self.shape.heads {
+                for s in 0..self.shape.seq {
+                    f(self.offset + b * sb + h * sh + s * ss);
+                }
+            }
+        }
+    }
+
+    /// Read the view back to the host, in [`Tensor::layout`] order. The copy is recorded and
+    /// submitted now; the future resolves once the GPU has finished it (on native targets the
+    /// device must be polled: [`Tensor::to_host`] does both).
+    pub fn to_host_async(&self, ctx: &Context) -> impl Future<Output = Result<HostTensor>> + 'static {
+        let (first, end) = self.extent();
+        let read = self.check_context(ctx).and_then(|()| {
+            // the copy starts and ends on 4-byte boundaries (f32 elements already are)
+            let at = self.dtype.bytes(first as u64);
+            ctx.read_async(&self.buffer, at, self.dtype.bytes((end - first).max(1) as u64))
+        });
+        let (view, layout) = (self.clone(), self.layout());
+        async move {
+            let bytes = read?.await?;
+            let all: &[f32] = bytemuck::cast_slice(&bytes);
+            let mut data = Vec::with_capacity(view.shape.len());
+            let d = view.shape.head_dim;
+            let mut push_row = |first: usize| data.extend_from_slice(&all[first - view.offset..][..d]);
+            match layout {
+                Layout::Bhsd => view.for_each_row(&mut push_row),
+                Layout::Bshd => {
+                    let [sb, sh, ss] = view.strides;
+                    for b in 0..view.shape.batch {
+                        for s in 0..view.shape.seq {
+                            for h in 0..view.shape.heads {
+                                push_row(view.offset + b * sb + h * sh + s * ss);
+                            }
+                        }
+                    }
+                }
+            }
+            HostTensor::new(data, view.shape, layout)
+        }
+    }
+
+    /// Read the view back to the host, waiting for the GPU (native targets; on the web use
+    /// [`Tensor::to_host_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_host(&self, ctx: &Context) -> Result<HostTensor> {
+        let read = self.to_host_async(ctx);
+        ctx.wait_for(None)?;
+        pollster::block_on(read)
     }
 
     /// Logical shape `[B, H, S, D]`.
@@ -72,17 +250,35 @@ impl Tensor {
         self.shape
     }
 
-    /// Memory order.
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Element strides of the batch, head and sequence axes (the head dim's is 1).
+    pub fn strides(&self) -> [usize; 3] {
+        self.strides
+    }
+
+    /// Elements from the start of the buffer to the view's first element.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The view's axis order: the layout it was made in, or for a view with other strides
+    /// [`Layout::Bshd`] when heads are interleaved within a sequence position (head stride below
+    /// the sequence stride), else [`Layout::Bhsd`]. Outputs of a call are allocated in Q's order,
+    /// and [`Tensor::to_host`] returns it.
     pub fn layout(&self) -> Layout {
         self.layout
     }
 
-    /// The underlying storage buffer.
-    pub fn buffer(&self) -> &wgpu::Buffer {
+    /// The underlying storage buffer (shared by every view of it).
+    pub fn buffer(&self) -> &Arc<wgpu::Buffer> {
         &self.buffer
     }
 
-    /// Bytes of device memory the tensor holds.
+    /// Bytes of device memory the tensor's buffer holds.
     pub fn device_bytes(&self) -> u64 {
         self.buffer.size()
     }

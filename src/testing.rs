@@ -8,7 +8,8 @@ use crate::attention::{Attention, HostTensor, Layout, Shape};
 use crate::context::Context;
 use crate::cpu::reference;
 use crate::error::Result;
-use crate::kernels::flash::{forward_into, Output};
+use crate::kernels::flash::forward_into;
+use crate::record::CallInfo;
 use crate::tensor::Tensor;
 
 /// One randomised case: sizes, layout and options.
@@ -129,6 +130,8 @@ pub struct Errors {
     pub max_abs: f64,
     /// max |lse − ref| (∞ when a −∞ does not match).
     pub lse_max_abs: f64,
+    /// What the GPU ran for the case.
+    pub info: Option<CallInfo>,
 }
 
 impl Errors {
@@ -155,9 +158,10 @@ pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
     run_case_with(ctx, case, seed, forward_into)
 }
 
-/// The signature of a GPU forward that writes into given outputs ([`forward_into`],
+/// The signature of a GPU forward that writes into given O and LSE tensors ([`forward_into`],
 /// `kernels::naive::forward_into`).
-pub type ForwardInto = fn(&Context, &Tensor, &Tensor, &Tensor, &crate::Attention, &Output) -> Result<()>;
+pub type ForwardInto =
+    fn(&Context, &Tensor, &Tensor, &Tensor, &crate::Attention, &Tensor, &Tensor) -> Result<CallInfo>;
 
 /// [`run_case`] through `forward`: inputs of `seed`, O and LSE poisoned with NaN before the run
 /// (so an unwritten element fails), errors against the f64 oracle.
@@ -165,18 +169,20 @@ pub fn run_case_with(ctx: &Context, case: &Case, seed: u64, forward: ForwardInto
     let (q, k, v) = case.inputs(seed);
     let want = reference::attention(&q, &k, &v, &case.attn)?;
     let (qd, kd, vd) = (Tensor::upload(ctx, &q)?, Tensor::upload(ctx, &k)?, Tensor::upload(ctx, &v)?);
-    let out = Output {
-        o: Tensor::zeros(ctx, q.shape, case.layout)?,
-        lse: Tensor::zeros(ctx, Shape::new(case.batch, case.q_heads, case.q_len, 1), Layout::Bhsd)?,
-    };
-    out.o.fill(ctx, f32::NAN)?;
-    out.lse.fill(ctx, f32::NAN)?;
-    forward(ctx, &qd, &kd, &vd, &case.attn, &out)?;
-    let o = out.o.to_host(ctx)?;
-    let lse = out.lse.to_host(ctx)?;
-    let (rel, max_abs) = reference::compare(&o.data, &want.o);
-    let lse_max_abs = reference::compare_lse(&lse.data, &want.lse);
-    Ok(Errors { rel, max_abs, lse_max_abs })
+    let o = Tensor::zeros(ctx, q.shape, case.layout)?;
+    let lse = Tensor::zeros(ctx, Shape::new(case.batch, case.q_heads, case.q_len, 1), Layout::Bhsd)?;
+    o.fill(ctx, f32::NAN)?;
+    lse.fill(ctx, f32::NAN)?;
+    let info = forward(ctx, &qd, &kd, &vd, &case.attn, &o, &lse)?;
+    let (o, lse) = (o.to_host(ctx)?, lse.to_host(ctx)?);
+    Ok(errors(&o.data, &lse.data, &want, info))
+}
+
+/// The errors of O and LSE against the oracle's answer `want`.
+pub fn errors(o: &[f32], lse: &[f32], want: &reference::Reference, info: CallInfo) -> Errors {
+    let (rel, max_abs) = reference::compare(o, &want.o);
+    let lse_max_abs = reference::compare_lse(lse, &want.lse);
+    Errors { rel, max_abs, lse_max_abs, info: Some(info) }
 }
 
 /// A seed from the clock, or `WGATTN_SEED` when set (to reproduce a failure).
@@ -220,7 +226,7 @@ mod tests {
 
     #[test]
     fn pass_uses_an_absolute_floor_only_for_tiny_errors() {
-        let e = |rel, max_abs, lse| Errors { rel, max_abs, lse_max_abs: lse };
+        let e = |rel, max_abs, lse| Errors { rel, max_abs, lse_max_abs: lse, info: None };
         assert!(e(1e-7, 1e-6, 1e-6).pass(1e-5));
         // a near-zero reference: rel is large, but the error is f32 rounding of O(1) values
         assert!(e(2.2e-4, 1e-8, 2e-7).pass(1e-5));

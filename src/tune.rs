@@ -10,14 +10,16 @@
 //! text file (`$WGATTN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgpu-attention`, else
 //! `~/.cache/wgpu-attention`; file `tune.tsv`, a line `key<TAB>family`).
 //!
-//! Controls: `WGATTN_KERNEL=<name>` (a [`Family::name`] of
-//! [`FAMILIES`](crate::kernels::flash::FAMILIES)) forces a family (tests, reproducible benches);
-//! `WGATTN_TUNE=off` skips measuring and uses [`default_family`] (register on CPU adapters, tiled
-//! elsewhere). `wgattn tune` fills the cache ahead of time.
+//! The tuner sits above the kernels: it chooses a family ([`family_for`]) and hands it to the
+//! launch, which plans with it; tuning runs whole forward calls of a named family, so the
+//! kernels never call back into it. Controls are [`ContextOptions`](crate::ContextOptions)
+//! fields: `kernel` forces a family (tests, reproducible benches), `tune: false` skips measuring
+//! and uses [`default_family`] (register on CPU adapters, tiled elsewhere), `cache_dir` is where
+//! `tune.tsv` lives (`ContextOptions::from_env` reads `WGATTN_KERNEL`, `WGATTN_TUNE`,
+//! `WGATTN_CACHE_DIR`). A call's own launch hint [`Attention::kernel`] wins over all of them.
+//! `wgattn tune` fills the cache ahead of time.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::attention::{Attention, Causal, Layout, Shape};
@@ -89,7 +91,7 @@ impl TuneKey {
             adapter: format!("{} ({:?}, {}, {})", i.name, i.backend, i.driver, i.driver_info),
             wgpu: WGPU_VERSION,
             head_dim: head_dim.div_ceil(32) * 32,
-            dtype: "f32",
+            dtype: crate::DType::F32.name(),
             mask,
         }
     }
@@ -97,12 +99,6 @@ impl TuneKey {
         let (a, w, d, t, m) = (&self.adapter, self.wgpu, self.head_dim, self.dtype, self.mask.name());
         format!("{a}|wgpu{w}|k{KERNELS_REVISION}|d{d}|{t}|{m}").replace(['\t', '\n'], " ")
     }
-}
-
-/// Per-context tuning state.
-#[derive(Default)]
-pub(crate) struct Tuner {
-    chosen: Mutex<HashMap<TuneKey, Family>>,
 }
 
 /// The families worth timing on this adapter.
@@ -126,26 +122,20 @@ pub fn candidates(ctx: &Context) -> Vec<Family> {
         c.push(Family::Register { subgroups, wide: true });
     }
     // the adapter's default first: the others stop after one run when clearly slower than it
-    if let Some(i) = default_family(ctx).ok().and_then(|d| c.iter().position(|f| *f == d)) {
+    if let Some(i) = c.iter().position(|f| *f == default_family(ctx)) {
         let d = c.remove(i);
         c.insert(0, d);
     }
     c
 }
 
-/// The cache file (see the module docs), if a home can be found.
-pub fn cache_file() -> Option<PathBuf> {
-    let dir = std::env::var_os("WGATTN_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgpu-attention")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("wgpu-attention"))
-        })?;
-    Some(dir.join("tune.tsv"))
+/// The cache file of `ctx` (see the module docs), if it has a cache folder.
+pub fn cache_file(ctx: &Context) -> Option<PathBuf> {
+    Some(ctx.options().cache_dir.as_ref()?.join("tune.tsv"))
 }
 
-fn read_cache(key: &TuneKey) -> Option<Family> {
-    let text = std::fs::read_to_string(cache_file()?).ok()?;
+fn read_cache(ctx: &Context, key: &TuneKey) -> Option<Family> {
+    let text = std::fs::read_to_string(cache_file(ctx)?).ok()?;
     let k = key.line_key();
     text.lines().rev().find_map(|l| {
         let (lk, fam) = l.split_once('\t')?;
@@ -157,13 +147,9 @@ fn read_cache(key: &TuneKey) -> Option<Family> {
     })
 }
 
-/// Write `family` as the choice for `key` to the disk cache (later entries win).
-pub fn remember(key: &TuneKey, family: Family) {
-    write_cache(key, family)
-}
-
-fn write_cache(key: &TuneKey, family: Family) {
-    let Some(path) = cache_file() else { return };
+/// Write `family` as the choice for `key` to `ctx`'s disk cache (later entries win).
+pub fn remember(ctx: &Context, key: &TuneKey, family: Family) {
+    let Some(path) = cache_file(ctx) else { return };
     let line = format!("{}\t{}\n", key.line_key(), family.name());
     let result = std::fs::create_dir_all(path.parent().unwrap_or(&path)).and_then(|()| {
         use std::io::Write;
@@ -174,35 +160,48 @@ fn write_cache(key: &TuneKey, family: Family) {
     }
 }
 
-/// The family for a call: `WGATTN_KERNEL`, else `WGATTN_TUNE=off` → [`default_family`], else the
+/// The family for a call: its launch hint [`Attention::kernel`], else the context's
+/// [`kernel`](crate::ContextOptions::kernel), else without tuning [`default_family`], else the
 /// tuned choice (measured now if neither memory nor the disk cache knows the key).
 pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Family> {
-    let forced = std::env::var("WGATTN_KERNEL").ok().filter(|s| !s.trim().is_empty());
-    let off = std::env::var("WGATTN_TUNE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("off"));
-    if forced.is_some() || off {
-        return default_family(ctx);
+    if let Some(f) = attn.kernel.or(ctx.options().kernel) {
+        return Ok(f);
+    }
+    if !ctx.options().tune {
+        return Ok(default_family(ctx));
     }
     let key = TuneKey::new(ctx, head_dim, MaskClass::of(attn));
-    if let Some(f) = ctx.tuner.chosen.lock().unwrap().get(&key) {
+    if let Some(f) = ctx.tuned.lock().unwrap().get(&key) {
         return Ok(*f);
     }
-    let family = match read_cache(&key) {
+    let family = match read_cache(ctx, &key) {
         Some(f) => f,
-        None => {
-            let (f, _) = tune(ctx, &key)?;
-            write_cache(&key, f);
-            f
-        }
+        None => measure(ctx, &key)?,
     };
-    ctx.tuner.chosen.lock().unwrap().insert(key, family);
+    ctx.tuned.lock().unwrap().insert(key, family);
     Ok(family)
+}
+
+/// Tune `key` now and remember the choice.
+#[cfg(not(target_arch = "wasm32"))]
+fn measure(ctx: &Context, key: &TuneKey) -> Result<Family> {
+    let (f, _) = tune(ctx, key)?;
+    remember(ctx, key, f);
+    Ok(f)
+}
+
+/// No clock to time candidates with on the web (yet): the adapter's default.
+#[cfg(target_arch = "wasm32")]
+fn measure(ctx: &Context, _key: &TuneKey) -> Result<Family> {
+    Ok(default_family(ctx))
 }
 
 /// Each candidate's median time in milliseconds (None where it could not run).
 pub type Timings = Vec<(Family, Option<f64>)>;
 
-/// Time every candidate family on the representative problem of `key`; returns the fastest and
+/// Time every candidate family on the representative problem of `key` (native targets); returns the fastest and
 /// every candidate's timing.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
     let (n, heads, d) = (1024, 8, key.head_dim.min(crate::MAX_HEAD_DIM));
     let shape = Shape::new(1, heads, n, d);
@@ -224,6 +223,7 @@ pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
         let run = || -> Result<f64> {
             let start = Instant::now();
             forward(ctx, &t, &t, &t, &attn)?;
+            ctx.wait_idle()?;
             Ok(start.elapsed().as_secs_f64() * 1e3)
         };
         let best = times.iter().filter_map(|(_, t)| *t).min_by(f64::total_cmp);
@@ -248,8 +248,7 @@ pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
         .iter()
         .filter_map(|(f, t)| t.map(|t| (*f, t)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(f, _)| f)
-        .map_or_else(|| default_family(ctx), Ok)?;
+        .map_or_else(|| default_family(ctx), |(f, _)| f);
     log::info!("tuned {key:?}: {times:?} -> {}", best.name());
     Ok((best, times))
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use wgpu_attention::cpu::flash::{self, Config, CpuOutput, Isa};
+use wgpu_attention::cpu::flash::{self, Config, Isa};
 use wgpu_attention::cpu::reference;
 use wgpu_attention::mask::{Dims, TopK};
 use wgpu_attention::testing::{alibi_slopes, Case};
@@ -19,7 +19,7 @@ const REL_TOL: f64 = 1e-5;
 const LSE_TOL: f64 = 1e-5;
 
 /// Run `case` with `config` on the inputs of `seed`, compare with the oracle, return the output.
-fn check_with(case: &Case, seed: u64, config: &Config) -> CpuOutput {
+fn check_with(case: &Case, seed: u64, config: &Config) -> wgpu_attention::HostOutput {
     let (q, k, v) = case.inputs(seed);
     let want = reference::attention(&q, &k, &v, &case.attn).unwrap();
     let got = flash::attention_with(&q, &k, &v, &case.attn, config).unwrap_or_else(|e| panic!("{case}: {e}"));

@@ -74,17 +74,15 @@ fn layouts_and_outputs_must_agree() {
     let r = forward(c, &q, &k, &v_bshd, &Attention::new());
     assert!(matches!(r, Err(Error::ShapeMismatch(_))), "{r:?}");
 
-    let wrong_o = Output {
-        o: Tensor::zeros(c, Shape::new(2, 4, 15, 32), Layout::Bhsd).unwrap(),
-        lse: Tensor::zeros(c, Shape::new(2, 4, 16, 1), Layout::Bhsd).unwrap(),
-    };
-    let r = forward_into(c, &q, &k, &k, &Attention::new(), &wrong_o);
+    let wrong_o = Tensor::zeros(c, Shape::new(2, 4, 15, 32), Layout::Bhsd).unwrap();
+    let lse = Tensor::zeros(c, Shape::new(2, 4, 16, 1), Layout::Bhsd).unwrap();
+    let r = forward_into(c, &q, &k, &k, &Attention::new(), &wrong_o, &lse);
     assert!(matches!(r, Err(Error::ShapeMismatch(_))), "{r:?}");
 }
 
 #[test]
 fn tensors_from_another_context() {
-    let other = Context::new().expect("a second context on the same adapter");
+    let other = common::context_from(|o| o);
     let q = Tensor::upload(&other, &host(Q)).unwrap();
     let k = Tensor::upload(ctx(), &host(KV)).unwrap();
     let r = forward(ctx(), &q, &k, &k, &Attention::new());
@@ -93,7 +91,7 @@ fn tensors_from_another_context() {
 
 #[test]
 fn no_matching_adapter_says_how_to_get_one() {
-    let opts = ContextOptions { adapter_name: Some("no-such-adapter-xyz".into()), ..Default::default() };
+    let opts = ContextOptions::default().adapter_name("no-such-adapter-xyz");
     let e = Context::with_options(&opts).unwrap_err();
     assert!(matches!(e, Error::NoAdapter { .. }), "{e:?}");
     assert!(e.to_string().contains("mesa-vulkan-drivers"), "{e}");
@@ -105,8 +103,7 @@ fn over_the_binding_limit_is_a_typed_error() {
     // (128 KiB) for a call with a block table (its splits visit scattered key blocks, so K cannot
     // be cut by key range; without a table it is: tests/limits.rs).
     let limits = wgpu::Limits { max_storage_buffer_binding_size: 64 << 10, ..ctx().limits().clone() };
-    let small =
-        Context::with_options(&ContextOptions { limits: Some(limits), ..Default::default() }).unwrap();
+    let small = common::context_from(|o| o.limits(limits));
     let case = Case::new(8, 1024, 32);
     let (q, k, v) = case.inputs(1);
     let r = wgpu_attention::attention(&small, &q, &k, &v, &Attention::new().mask(Mask::window(100, 0)));
@@ -122,8 +119,7 @@ fn over_the_binding_limit_is_a_typed_error() {
 #[test]
 fn tensor_over_max_buffer_size_is_a_typed_error() {
     let limits = wgpu::Limits { max_buffer_size: 1 << 16, ..ctx().limits().clone() };
-    let small =
-        Context::with_options(&ContextOptions { limits: Some(limits), ..Default::default() }).unwrap();
+    let small = common::context_from(|o| o.limits(limits));
     let r = Tensor::zeros(&small, Shape::new(1, 1, 1024, 32), Layout::Bhsd);
     assert!(matches!(r, Err(Error::LimitExceeded { limit: "max_buffer_size", .. })), "{r:?}");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::check_on;
 use wgpu_attention::kernels::flash::Family;
 use wgpu_attention::testing::{alibi_slopes, Case};
-use wgpu_attention::{Attention, Causal, Context, ContextOptions, Layout, Mask};
+use wgpu_attention::{Attention, Causal, Context, Layout, Mask};
 
 /// The options matrix at head dims `dims` (each distinct padded head dim compiles a pipeline, and
 /// lavapipe takes seconds per pipeline: keep the list short).
@@ -78,9 +78,7 @@ fn register_family_wide() {
 #[test]
 fn register_family_with_key_blocks_of_four() {
     // as on an adapter whose subgroups may be as small as 4 (SwiftShader, WARP)
-    common::no_tuning();
-    let opts = ContextOptions { subgroup_min_size: Some(4), ..Default::default() };
-    let ctx = Arc::new(Context::with_options(&opts).unwrap());
+    let ctx = Arc::new(common::context_from(|o| o.subgroup_min_size(4)));
     matrix(&ctx, Family::Register { subgroups: true, wide: false }, [40, 64]);
 }
 

@@ -164,14 +164,14 @@ fn one_context_serves_several_threads() {
 
 #[test]
 fn gpu_timing_by_timestamp_queries() {
-    let ctx = wgpu_attention::Context::new().unwrap();
+    let ctx = common::context_from(|o| o.gpu_timing(true));
     let has = ctx.adapter().features.contains(wgpu::Features::TIMESTAMP_QUERY);
-    assert_eq!(ctx.enable_gpu_timing(), has);
+    assert_eq!(ctx.gpu_timing(), has);
     let (q, k, v) = Case::new(200, 300, 64).inputs(1);
     let wall = std::time::Instant::now();
-    wgpu_attention::attention(&ctx, &q, &k, &v, &Attention::new()).unwrap();
+    let out = wgpu_attention::attention(&ctx, &q, &k, &v, &Attention::new()).unwrap();
     let wall = wall.elapsed();
-    match ctx.last_gpu_time() {
+    match out.info.and_then(|i| i.gpu_time) {
         Some(t) => assert!(has && t > std::time::Duration::ZERO && t <= wall, "gpu {t:?} wall {wall:?}"),
         None => assert!(!has, "timestamps enabled but no time recorded"),
     }

@@ -1,20 +1,23 @@
 //! The autotuner: it times every candidate family, keeps a working one, caches the choice on disk
-//! under `WGATTN_CACHE_DIR`, and later calls (and later contexts) reuse it without re-timing.
-//! One test function: the environment is process-wide.
+//! in the context's cache folder, and later calls (and later contexts) reuse it without re-timing.
+
+mod common;
 
 use wgpu_attention::kernels::flash::Family;
 use wgpu_attention::testing::{run_case, Case};
 use wgpu_attention::tune::{self, cache_file, MaskClass, TuneKey};
-use wgpu_attention::{Attention, Causal, Context};
+use wgpu_attention::{Attention, Causal};
 
 #[test]
 fn tunes_caches_and_reuses() {
     let dir = std::env::temp_dir().join(format!("wgattn-tune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::env::set_var("WGATTN_CACHE_DIR", &dir);
-    std::env::remove_var("WGATTN_TUNE");
-    std::env::remove_var("WGATTN_KERNEL");
-    let ctx = Context::new().expect("an adapter (apt-get install mesa-vulkan-drivers)");
+    let tuned = |o: wgpu_attention::ContextOptions| {
+        let mut o = o.tune(true).cache_dir(Some(dir.clone()));
+        o.kernel = None;
+        o
+    };
+    let ctx = common::context_from(tuned);
 
     // every candidate is timed; the winner is one that ran
     let key = TuneKey::new(&ctx, 64, MaskClass::Causal);
@@ -26,24 +29,24 @@ fn tunes_caches_and_reuses() {
     let case = Case::new(70, 90, 64).attn(Attention::new().causal(Causal::BottomRight));
     let e = run_case(&ctx, &case, 5).unwrap();
     assert!(e.pass(1e-5), "{e:?}");
-    let chosen = ctx.last_kernel().unwrap().family;
-    let text = std::fs::read_to_string(cache_file().unwrap()).unwrap();
+    let chosen = e.info.unwrap().tiles.unwrap().family;
+    let text = std::fs::read_to_string(cache_file(&ctx).unwrap()).unwrap();
     assert!(text.contains(chosen.name()) && text.contains("|d64|f32|causal"), "{text}");
 
     // a new context reads the choice from disk: even a planted entry is obeyed
     let other = Family::Tiled;
-    tune::remember(&TuneKey::new(&ctx, 32, MaskClass::Dense), other);
-    assert!(std::fs::read_to_string(cache_file().unwrap()).unwrap().ends_with("|d32|f32|dense\ttiled\n"));
-    let ctx2 = Context::new().unwrap();
+    tune::remember(&ctx, &TuneKey::new(&ctx, 32, MaskClass::Dense), other);
+    assert!(std::fs::read_to_string(cache_file(&ctx).unwrap()).unwrap().ends_with("|d32|f32|dense\ttiled\n"));
+    let ctx2 = common::context_from(tuned);
     let e = run_case(&ctx2, &Case::new(40, 50, 32), 6).unwrap();
     assert!(e.pass(1e-5), "{e:?}");
-    assert_eq!(ctx2.last_kernel().unwrap().family, other);
+    assert_eq!(e.info.unwrap().tiles.unwrap().family, other);
 
-    // WGATTN_KERNEL forces a family
-    std::env::set_var("WGATTN_KERNEL", "register-nosubgroup");
-    let e = run_case(&ctx2, &Case::new(40, 50, 48), 7).unwrap();
+    // the context's kernel option forces a family
+    let forced = Family::Register { subgroups: false, wide: false };
+    let ctx3 = common::context_from(|o| tuned(o).kernel(forced));
+    let e = run_case(&ctx3, &Case::new(40, 50, 48), 7).unwrap();
     assert!(e.pass(1e-5), "{e:?}");
-    assert_eq!(ctx2.last_kernel().unwrap().family, Family::Register { subgroups: false, wide: false });
-    std::env::remove_var("WGATTN_KERNEL");
+    assert_eq!(e.info.unwrap().tiles.unwrap().family, forced);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,7 +55,7 @@ use std::f64::consts::{LN_2, LOG2_E};
 use std::marker::PhantomData;
 use std::sync::{Mutex, PoisonError};
 
-use crate::attention::{Attention, Causal, HostTensor, Problem};
+use crate::attention::{Attention, Causal, HostOutput, HostTensor, Problem};
 use crate::cpu::reference::topk_blocks;
 use crate::error::{Error, Result};
 use crate::mask::BlockMask;
@@ -80,15 +80,6 @@ const KEEP_SCRATCH: usize = 1 << 24;
 const DEFAULT_MASK_BLOCK: usize = 64;
 /// Below this many FLOPs one thread does everything (spawning threads would cost more).
 const SERIAL_FLOPS: f64 = 2e6;
-
-/// Output of [`attention`].
-#[derive(Clone, Debug)]
-pub struct CpuOutput {
-    /// O, in Q's shape and layout.
-    pub o: HostTensor,
-    /// Natural-log sum of exp of the scores, `[B, Hq, Nq]`; −∞ for a row with no visible key.
-    pub lse: Vec<f32>,
-}
 
 /// The instruction set the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,7 +125,7 @@ pub struct Config {
 /// ([`Attention::mask`]) is lowered to a [`BlockMask`] on every call, one predicate evaluation per
 /// element on one thread, as on the GPU: set [`Attention::block_mask`] to a prebuilt one to pay
 /// that once.
-pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attention) -> Result<CpuOutput> {
+pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attention) -> Result<HostOutput> {
     attention_with(q, k, v, attn, &Config::default())
 }
 
@@ -145,7 +136,7 @@ pub fn attention_with(
     v: &HostTensor,
     attn: &Attention,
     config: &Config,
-) -> Result<CpuOutput> {
+) -> Result<HostOutput> {
     let p = attn.validate(q.shape, k.shape, v.shape)?;
     for (name, t) in [("Q", q), ("K", k), ("V", v)] {
         if t.data.len() != t.shape.len() {
@@ -188,7 +179,7 @@ pub fn attention_with(
         let threads = threads.min(items.len());
         parallel(threads, items, || Scratch::new(d), |scr, item| plan.run(isa, item, scr, &out));
     });
-    Ok(CpuOutput { o, lse })
+    Ok(HostOutput::cpu(o, lse))
 }
 
 /// A mutable buffer that several threads write *disjoint* parts of (the items' rows of O and LSE).

@@ -42,13 +42,13 @@ pub(crate) struct MergeBuffers<'a> {
     pub lse: (&'a wgpu::Buffer, Window),
 }
 
-/// Record the merge dispatches into `pass`. The grid fields, `o_base` and `lse_base` are filled here.
+/// Record the merge dispatches into `pass` (returns how many). The grid fields, `o_base` and `lse_base` are filled here.
 pub(crate) fn encode(
     ctx: &Context,
     pass: &mut wgpu::ComputePass<'_>,
     mut params: MergeParams,
     buffers: &MergeBuffers<'_>,
-) -> Result<()> {
+) -> Result<usize> {
     let pipeline = pipeline(ctx, "merge.wgsl", SOURCE, &Params::new())?;
     let elements = params.rows as u64 * params.head_dim as u64;
     params.o_base = buffers.o.1.base;
@@ -61,6 +61,5 @@ pub(crate) fn encode(
         (3, buffers.o.1.binding(buffers.o.0)),
         (4, buffers.lse.1.binding(buffers.lse.0)),
     ];
-    dispatch_all(ctx, pass, &pipeline, "merge", elements.div_ceil(64), uniform, &resources);
-    Ok(())
+    Ok(dispatch_all(ctx, pass, &pipeline, "merge", elements.div_ceil(64), uniform, &resources))
 }

@@ -1,5 +1,7 @@
 //! One module per kernel family; each owns its WGSL file (in `shaders/`), its uniform struct, its
-//! specialisation key and its dispatch.
+//! specialisation key and its `encode`, which records into a caller's encoder or pass. This file
+//! holds what they share: pipelines from the context's cache, binding windows over tensors, and
+//! the dispatch loop under the per-dimension workgroup limit.
 
 pub mod flash;
 pub(crate) mod merge;
@@ -8,7 +10,9 @@ pub mod topk;
 
 use crate::attention::{Attention, Causal};
 use crate::context::Context;
-use crate::error::Result;
+use crate::context::PipelineKey;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 use crate::shader::{self, Params};
 use crate::tensor::Tensor;
 
@@ -30,8 +34,8 @@ pub(crate) fn entry_pipeline(
     entry: &'static str,
     params: &Params,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
-    let key = format!("{name}:{entry}{params:?}");
-    ctx.pipeline(&key, |device| {
+    let key = PipelineKey { shader: name, entry, params: params.clone() };
+    ctx.pipeline(key, |device| {
         let text = shader::specialise(name, source, params)?;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
@@ -48,9 +52,11 @@ pub(crate) fn entry_pipeline(
     })
 }
 
-/// A storage-buffer binding window covering elements `[start, end)` (4-byte elements) of a
-/// buffer, starting at an offset aligned down to the adapter's alignment. `base` is the element
-/// index the window starts at, which the shader subtracts from its indices.
+/// A storage-buffer binding window covering elements `[start, end)` of a tensor (relative to
+/// its first element), starting at an offset aligned down to the adapter's alignment. `base` is
+/// what the shader subtracts from the tensor's own element indices: the window's first element
+/// less the tensor's offset, modulo 2³² (WGSL's u32 arithmetic wraps, so a window that starts
+/// before the tensor's first element still indexes right).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Window {
     offset: u64,
@@ -59,11 +65,13 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub fn new(ctx: &Context, buffer: &wgpu::Buffer, (start, end): (u64, u64)) -> Self {
+    pub fn new(ctx: &Context, t: &Tensor, (start, end): (u64, u64)) -> Self {
+        let elem = t.dtype.size();
+        let (start, end) = (start + t.offset as u64, end + t.offset as u64);
         let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
-        let offset = (start * 4) / align * align;
-        let size = ((end * 4).min(buffer.size()) - offset).max(4);
-        Self { offset, size, base: (offset / 4) as u32 }
+        let offset = t.dtype.bytes(start) / align * align;
+        let size = (t.dtype.bytes(end).min(t.buffer.size()) - offset).max(elem);
+        Self { offset, size, base: ((offset / elem) as u32).wrapping_sub(t.offset as u32) }
     }
 
     pub fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
@@ -75,14 +83,29 @@ impl Window {
     }
 }
 
-/// Bytes a window over `[start, end)` elements occupies in the worst alignment case.
-pub(crate) fn window_bytes(ctx: &Context, start: u64, end: u64) -> u64 {
-    (end - start) * 4 + ctx.limits().min_storage_buffer_offset_alignment as u64
+/// The binding of a whole tensor for kernels that index it from its first element (the naive
+/// baseline, the top-k selection): the buffer from the tensor's offset on, which must be a
+/// multiple of the adapter's storage offset alignment.
+pub(crate) fn whole_binding<'a>(ctx: &Context, t: &'a Tensor) -> Result<wgpu::BindingResource<'a>> {
+    let at = t.dtype.bytes(t.offset as u64);
+    let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+    if !at.is_multiple_of(align) {
+        return Err(Error::InvalidOption(format!(
+            "this kernel binds whole tensors: a view's byte offset ({at}) must be a multiple of the \
+             adapter's storage offset alignment ({align})"
+        )));
+    }
+    let size = DType::F32.bytes(t.extent().1 as u64 - t.offset as u64).max(t.dtype.size());
+    Ok(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: &t.buffer,
+        offset: at,
+        size: std::num::NonZeroU64::new(size),
+    }))
 }
 
 /// Element strides (batch, head, seq, 0) of a tensor as the kernels' uniforms take them.
 pub(crate) fn strides4(t: &Tensor) -> [u32; 4] {
-    let [b, h, s] = t.layout.strides(t.shape);
+    let [b, h, s] = t.strides;
     [b as u32, h as u32, s as u32, 0]
 }
 
@@ -97,7 +120,8 @@ pub(crate) fn causal_code(attn: &Attention) -> u32 {
 
 /// Record the dispatches covering `total` workgroups of `pipeline`. Each gets its own uniform at
 /// binding 0, made by `uniform(grid_x, first_workgroup)` (a 2D grid whose linear workgroup ids the
-/// shader offsets by `first_workgroup`), and `resources` at their bindings.
+/// shader offsets by `first_workgroup`), and `resources` at their bindings. Returns how many
+/// dispatches it recorded.
 pub(crate) fn dispatch_all(
     ctx: &Context,
     pass: &mut wgpu::ComputePass<'_>,
@@ -106,9 +130,10 @@ pub(crate) fn dispatch_all(
     total: u64,
     uniform: impl Fn(u32, u32) -> Vec<u8>,
     resources: &[(u32, wgpu::BindingResource<'_>)],
-) {
+) -> usize {
     let layout = pipeline.get_bind_group_layout(0);
-    for (offset, gx, gy) in dispatches(ctx, total) {
+    let grids = dispatches(ctx, total);
+    for &(offset, gx, gy) in &grids {
         let uniform = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: &uniform(gx, offset),
@@ -129,6 +154,7 @@ pub(crate) fn dispatch_all(
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
     }
+    grids.len()
 }
 
 /// Dispatches covering `total` workgroups under the per-dimension limit: `(first workgroup,

@@ -19,11 +19,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::flash::Output;
-use super::{causal_code, dispatch_all, entry_pipeline, strides4};
-use crate::attention::{Attention, Layout, Problem, Shape};
+use super::{causal_code, dispatch_all, entry_pipeline, strides4, whole_binding};
+use crate::attention::{Attention, Problem, Shape};
 use crate::context::Context;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::record::{outputs, submit_one, CallInfo, Output};
 use crate::shader::Params;
 use crate::tensor::Tensor;
 
@@ -118,7 +119,7 @@ struct NaiveParams {
 
 /// Bytes of the score matrix S of problem `p`.
 pub fn score_bytes(p: &Problem) -> u64 {
-    (p.batch * p.q_heads * p.q_len) as u64 * p.kv_len as u64 * 4
+    DType::F32.bytes((p.batch * p.q_heads * p.q_len) as u64 * p.kv_len as u64)
 }
 
 /// Fails with [`Error::LimitExceeded`] when the naive path cannot run `p` on `ctx`: S over the
@@ -190,12 +191,11 @@ pub fn check_fits(ctx: &Context, p: &Problem) -> Result<()> {
 /// (natural log; −∞ for rows that saw no key), freshly allocated, as [`crate::forward`] returns.
 pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
     let p = check(ctx, q, k, v, attn)?;
-    let out = Output {
-        o: Tensor::zeros(ctx, p.q_shape(), q.layout)?,
-        lse: Tensor::zeros(ctx, Shape::new(p.batch, p.q_heads, p.q_len, 1), Layout::Bhsd)?,
-    };
-    forward_into(ctx, q, k, v, attn, &out)?;
-    Ok(out)
+    let (o, lse) = outputs(ctx, q)?;
+    let info = submit_one(ctx, |ctx, encoder, timing| {
+        encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (&o, &lse))
+    })?;
+    Ok(Output { o, lse, info })
 }
 
 /// Validation shared by [`forward`] and [`forward_into`]: the problem, the refused options and
@@ -212,15 +212,12 @@ fn check(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) ->
     }
     check_fits(ctx, &p)?;
     let max_binding = ctx.limits().max_storage_buffer_binding_size;
-    let lse_bytes = (p.batch * p.q_heads * p.q_len * 4) as u64;
-    let o_bytes = (p.q_shape().len() * 4) as u64;
-    for (what, bytes) in [
-        ("Q", q.buffer.size()),
-        ("K", k.buffer.size()),
-        ("V", v.buffer.size()),
-        ("O", o_bytes),
-        ("LSE", lse_bytes),
-    ] {
+    let lse_bytes = DType::F32.bytes((p.batch * p.q_heads * p.q_len) as u64);
+    let o_bytes = DType::F32.bytes(p.q_shape().len() as u64);
+    let bound = |t: &Tensor| t.dtype.bytes((t.extent().1 - t.offset) as u64);
+    for (what, bytes) in
+        [("Q", bound(q)), ("K", bound(k)), ("V", bound(v)), ("O", o_bytes), ("LSE", lse_bytes)]
+    {
         if bytes > max_binding {
             return Err(Error::LimitExceeded {
                 what: format!("{what}, bound whole by the naive baseline (does not fit)"),
@@ -241,18 +238,50 @@ pub fn forward_into(
     k: &Tensor,
     v: &Tensor,
     attn: &Attention,
-    out: &Output,
-) -> Result<()> {
+    o: &Tensor,
+    lse: &Tensor,
+) -> Result<CallInfo> {
     let p = check(ctx, q, k, v, attn)?;
-    out.o.check_context(ctx)?;
-    out.lse.check_context(ctx)?;
-    if out.o.shape != p.q_shape() {
-        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", out.o.shape, p.q_shape())));
+    submit_one(ctx, |ctx, encoder, timing| encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (o, lse)))
+}
+
+/// Record the naive forward into `encoder` (one compute pass, writing `timing`'s timestamps if
+/// given). Validates the call; blocks on nothing.
+pub fn encode(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timing: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    attn: &Attention,
+    (o, lse): (&Tensor, &Tensor),
+) -> Result<CallInfo> {
+    let p = check(ctx, q, k, v, attn)?;
+    encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (o, lse))
+}
+
+/// [`encode`] of a checked problem.
+fn encode_valid(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timing: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    p: &Problem,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    attn: &Attention,
+    (o, lse): (&Tensor, &Tensor),
+) -> Result<CallInfo> {
+    let p = *p;
+    o.check_context(ctx)?;
+    lse.check_context(ctx)?;
+    if o.shape != p.q_shape() {
+        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", o.shape, p.q_shape())));
     }
     let lse_shape = Shape::new(p.batch, p.q_heads, p.q_len, 1);
-    if out.lse.shape != lse_shape {
-        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", out.lse.shape)));
+    if lse.shape != lse_shape {
+        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", lse.shape)));
     }
+    let bindings = [q, k, v, o, lse].map(|t| whole_binding(ctx, t));
+    let [qb, kb, vb, ob, lb] = bindings;
+    let (qb, kb, vb, ob, lb) = (qb?, kb?, vb?, ob?, lb?);
 
     // aux: per-batch key lengths, then ALiBi slopes as f32 bits
     let mut aux: Vec<u32> = match &attn.kv_lens {
@@ -282,7 +311,7 @@ pub fn forward_into(
         q_stride: strides4(q),
         k_stride: strides4(k),
         v_stride: strides4(v),
-        o_stride: strides4(&out.o),
+        o_stride: strides4(o),
         ..Default::default()
     };
 
@@ -292,8 +321,8 @@ pub fn forward_into(
     let softmax = entry_pipeline(ctx, "naive.wgsl", SOURCE, "softmax", &Tiles::new(64).params())?;
     let pv = entry_pipeline(ctx, "naive.wgsl", SOURCE, "pv", &spec)?;
 
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    let result = ctx.scoped(|| {
+    let mut dispatches = 0;
+    {
         let aux = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("naive aux"),
             contents: bytemuck::cast_slice(&aux),
@@ -305,26 +334,34 @@ pub fn forward_into(
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let mut pass = encoder.begin_compute_pass(&Default::default());
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("naive forward"),
+            timestamp_writes: timing,
+        });
         // One pass's dispatches: `total` workgroups of `pipeline` over `buffers` (bindings 1..).
         let mut run = |pipeline: &wgpu::ComputePipeline,
                        mut params: NaiveParams,
                        total: u64,
-                       buffers: &[&wgpu::Buffer]| {
+                       resources: &[wgpu::BindingResource<'_>]| {
             params.total = total as u32;
             let uniform =
                 |grid_x, wg_offset| bytemuck::bytes_of(&NaiveParams { grid_x, wg_offset, ..params }).to_vec();
             let resources: Vec<(u32, wgpu::BindingResource<'_>)> =
-                buffers.iter().enumerate().map(|(i, b)| (i as u32 + 1, b.as_entire_binding())).collect();
-            dispatch_all(ctx, &mut pass, pipeline, "naive", total, uniform, &resources);
+                resources.iter().enumerate().map(|(i, r)| (i as u32 + 1, r.clone())).collect();
+            dispatches += dispatch_all(ctx, &mut pass, pipeline, "naive", total, uniform, &resources);
         };
         let bh = (p.batch * p.q_heads) as u64;
         // 1. S = scale·Q·Kᵀ (+ softcap, ALiBi, masks): tiles of 16 queries × 64 keys
         let (q_tiles, k_tiles) = (p.q_len.div_ceil(SCORE_ROWS), p.kv_len.div_ceil(WORKGROUP as usize));
         let params = NaiveParams { q_tiles: q_tiles as u32, k_tiles: k_tiles as u32, ..base };
-        run(&scores, params, bh * (q_tiles * k_tiles) as u64, &[&q.buffer, &k.buffer, &aux, &s]);
+        run(
+            &scores,
+            params,
+            bh * (q_tiles * k_tiles) as u64,
+            &[qb.clone(), kb.clone(), aux.as_entire_binding(), s.as_entire_binding()],
+        );
         // 2. P = softmax(S) in place, LSE
-        run(&softmax, base, rows as u64, &[&s, &out.lse.buffer]);
+        run(&softmax, base, rows as u64, &[s.as_entire_binding(), lb.clone()]);
         // 3. O = P·V: tiles of PR queries × OC vec4s, PV_KEYS keys per dispatch, accumulating
         // after the first
         let q_tiles = p.q_len.div_ceil(tiles.pr as usize);
@@ -338,9 +375,13 @@ pub fn forward_into(
                 accumulate: (n > 0) as u32,
                 ..base
             };
-            run(&pv, params, bh * (q_tiles * d_tiles) as u64, &[&s, &v.buffer, &out.o.buffer]);
+            run(
+                &pv,
+                params,
+                bh * (q_tiles * d_tiles) as u64,
+                &[s.as_entire_binding(), vb.clone(), ob.clone()],
+            );
         }
-    });
-    result?;
-    ctx.submit_and_wait(encoder)
+    }
+    Ok(CallInfo::new("naive", None, 1, dispatches))
 }

@@ -3,9 +3,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{causal_code, dispatch_all, dispatches, entry_pipeline, strides4};
+use super::{causal_code, dispatch_all, dispatches, entry_pipeline, strides4, whole_binding};
 use crate::attention::{Attention, Problem};
 use crate::context::Context;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::mask::{TopK, TOPK_MAX};
 use crate::shader::Params;
@@ -58,17 +59,17 @@ pub(crate) fn encode(
     (q, k): (&Tensor, &Tensor),
     aux: &wgpu::Buffer,
     (lists_offset, entries_offset): (u32, u32),
-) -> Result<()> {
+) -> Result<usize> {
     let max_binding = ctx.limits().max_storage_buffer_binding_size;
     let (qbs, kbs) = (p.q_len.div_ceil(t.block_size), p.kv_len.div_ceil(t.block_size));
     let pooled_q = p.batch * p.q_heads * qbs * p.head_dim;
     let pooled_len = pooled_q + p.batch * p.kv_heads * kbs * p.head_dim;
     let scores_len = p.batch * p.q_heads * qbs * kbs;
     for (what, bytes) in [
-        ("Q", q.buffer.size()),
-        ("K", k.buffer.size()),
-        ("pooled blocks", pooled_len as u64 * 4),
-        ("block scores", scores_len as u64 * 4),
+        ("Q", DType::F32.bytes(q.extent().1 as u64 - q.offset as u64)),
+        ("K", DType::F32.bytes(k.extent().1 as u64 - k.offset as u64)),
+        ("pooled blocks", DType::F32.bytes(pooled_len as u64)),
+        ("block scores", DType::F32.bytes(scores_len as u64)),
     ] {
         if bytes > max_binding {
             return Err(Error::LimitExceeded {
@@ -82,7 +83,7 @@ pub(crate) fn encode(
     let scratch = |label, words: usize| {
         ctx.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: (words.max(1) * 4) as u64,
+            size: DType::F32.bytes(words.max(1) as u64),
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         })
@@ -119,6 +120,8 @@ pub(crate) fn encode(
         ("score", scores_len, &[3, 4]),
         ("select_blocks", p.batch * p.q_heads * qbs, &[4, 5]),
     ];
+    let (q_binding, k_binding) = (whole_binding(ctx, q)?, whole_binding(ctx, k)?);
+    let mut recorded = 0;
     for (entry, invocations, bindings) in steps {
         let pipeline = entry_pipeline(ctx, "topk.wgsl", SOURCE, entry, &params)?;
         let workgroups = (invocations as u64).div_ceil(64);
@@ -136,24 +139,25 @@ pub(crate) fn encode(
         let resources: Vec<(u32, wgpu::BindingResource<'_>)> = bindings
             .iter()
             .map(|&b| {
-                let buffer = match b {
-                    1 => &q.buffer,
-                    2 => &k.buffer,
-                    3 => &pooled,
-                    4 => &scores,
-                    _ => aux,
+                let resource = match b {
+                    1 => q_binding.clone(),
+                    2 => k_binding.clone(),
+                    3 => pooled.as_entire_binding(),
+                    4 => scores.as_entire_binding(),
+                    _ => aux.as_entire_binding(),
                 };
-                (b, buffer.as_entire_binding())
+                (b, resource)
             })
             .collect();
-        dispatch_all(ctx, pass, &pipeline, entry, workgroups, uniform, &resources);
+        recorded += dispatch_all(ctx, pass, &pipeline, entry, workgroups, uniform, &resources);
     }
-    Ok(())
+    Ok(recorded)
 }
 
 /// Run only the GPU's top-k selection and read the chosen key blocks back: one ascending list per
 /// (batch, query head, query block), in that order. For tests and inspection; the forward pass
 /// never reads the table back.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn selected_blocks(ctx: &Context, q: &Tensor, k: &Tensor, attn: &Attention) -> Result<Vec<Vec<u32>>> {
     let p = attn.validate(q.shape, k.shape, k.shape)?;
     let t = attn.topk.ok_or_else(|| Error::InvalidOption("no top-k option set".into()))?;
@@ -170,12 +174,14 @@ pub fn selected_blocks(ctx: &Context, q: &Tensor, k: &Tensor, attn: &Attention) 
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     });
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    ctx.scoped(|| -> Result<()> {
+    {
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        encode(ctx, &mut pass, &p, attn, &t, (q, k), &aux_buffer, offsets)
-    })??;
-    ctx.submit_and_wait(encoder)?;
-    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&ctx.read_bytes(&aux_buffer, 0, aux_buffer.size())?);
+        encode(ctx, &mut pass, &p, attn, &t, (q, k), &aux_buffer, offsets)?;
+    }
+    ctx.submit(encoder)?;
+    let read = ctx.read_async(&aux_buffer, 0, aux_buffer.size())?;
+    ctx.wait_for(None)?;
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(read)?);
     let lists = lists_words / 2;
     Ok((0..lists)
         .map(|l| {

@@ -10,21 +10,29 @@ use wgpu_attention::{forward_into, Context, ContextOptions};
 /// f32 tolerance on ‖out−ref‖/‖ref‖ (max abs error must be under 100× this, LSE under 10×).
 pub const F32_REL_TOL: f64 = 1e-5;
 
-/// The shared context. A machine without an adapter FAILS here, with instructions.
-///
-/// Tests run the adapter's default family without autotuning (tuning compiles every family for
-/// every head dim: minutes on lavapipe); `tests/families.rs` runs every family explicitly and
-/// `tests/tune.rs` the tuner.
-pub fn ctx() -> &'static Context {
-    no_tuning();
-    static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| match Context::new() {
+/// The options of every test context: the environment's adapter choice, no autotuning (tuning
+/// compiles every family for every head dim: minutes on lavapipe; `tests/families.rs` runs every
+/// family explicitly and `tests/tune.rs` the tuner).
+pub fn options() -> ContextOptions {
+    ContextOptions::from_env().expect("WGATTN_* variables").tune(false)
+}
+
+/// A new context with [`options`] changed by `f`. A machine without an adapter FAILS here, with
+/// instructions.
+pub fn context_from(f: impl FnOnce(ContextOptions) -> ContextOptions) -> Context {
+    match Context::with_options(&f(options())) {
         Ok(c) => c,
         Err(e) => panic!(
             "GPU tests need an adapter and found none: {e}\n\
              (on Debian/Ubuntu: `apt-get install -y mesa-vulkan-drivers` gives lavapipe)"
         ),
-    })
+    }
+}
+
+/// The shared context (one per test binary, so pipelines compile once).
+pub fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| context_from(|o| o))
 }
 
 /// Run `case` on `ctx` with two fresh seeds and assert both match the oracle.
@@ -53,15 +61,9 @@ pub fn check(case: &Case) {
     check_on(ctx(), case)
 }
 
-/// Turn autotuning off for this test process (see [`ctx`]).
-pub fn no_tuning() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| std::env::set_var("WGATTN_TUNE", "off"));
-}
-
 /// A context on the same adapter with limits lowered by `f` (to exercise dispatch splitting).
 pub fn context_with(f: impl FnOnce(&mut wgpu::Limits)) -> Context {
     let mut limits = ctx().limits().clone();
     f(&mut limits);
-    Context::with_options(&ContextOptions { limits: Some(limits), ..Default::default() }).unwrap()
+    context_from(|o| o.limits(limits))
 }

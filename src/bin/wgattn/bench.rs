@@ -39,7 +39,8 @@ use wgpu_attention::kernels::{flash, naive};
 use wgpu_attention::mask::{Dims, TOPK_MAX};
 use wgpu_attention::testing::Case;
 use wgpu_attention::{
-    Attention, BlockMask, Causal, Context, Error, HostTensor, Mask, Problem, Tensor, MAX_HEAD_DIM,
+    Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, Error, HostTensor, Mask, Output,
+    Problem, Tensor, MAX_HEAD_DIM,
 };
 
 use crate::{one_line, plot, BenchArgs, CliError};
@@ -422,20 +423,16 @@ impl Row {
 pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let sweep = resolve(args)?;
     let env_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    // The fused kernel's first call per (head dim, mask class) autotunes its family, compiling
+    // and timing every candidate: up to a minute on a software adapter with cold caches. A quick
+    // sweep takes the adapter's default family instead (set WGATTN_TUNE=on to tune).
     let untuned = args.quick && !env_set("WGATTN_TUNE") && !env_set("WGATTN_KERNEL");
-    if untuned {
-        // The fused kernel's first call per (head dim, mask class) autotunes its family, compiling
-        // and timing every candidate: up to a minute on a software adapter with cold caches. A
-        // quick sweep takes the adapter's default family instead (set WGATTN_TUNE=on to tune).
-        // Set before any thread exists.
-        std::env::set_var("WGATTN_TUNE", "off");
-    }
     let mut merged = Vec::new();
     for path in args.merge_json.iter().flatten() {
         merged.extend(read_rows(path)?);
     }
     let started = Instant::now();
-    let mut runner = Runner::new(&sweep);
+    let mut runner = Runner::new(&sweep, !untuned);
     let bar = progress_bar(sweep.specs.len());
     let mut rows = Vec::with_capacity(sweep.specs.len() + merged.len());
     for spec in &sweep.specs {
@@ -658,6 +655,8 @@ struct Runner {
     seed: u64,
     window: usize,
     max_call: f64,
+    /// Contexts autotune the fused family (else they take the adapter's default).
+    tune: bool,
     gpus: HashMap<Backend, Gpu>,
     shapes: Vec<ShapeData>,
     /// The last measured speed (visited FLOPs per wall second) of each backend and mode.
@@ -672,8 +671,9 @@ struct Sample {
 }
 
 impl Runner {
-    fn new(sweep: &Sweep) -> Self {
+    fn new(sweep: &Sweep, tune: bool) -> Self {
         Runner {
+            tune,
             reps: sweep.reps,
             budget: sweep.budget,
             seed: sweep.seed,
@@ -870,9 +870,13 @@ impl Runner {
 
     fn measure_gpu(&mut self, spec: &Spec, prepared: &Prepared) -> Result<Measured, Failure> {
         let backend = spec.backend;
+        let tune = self.tune;
         let gpu = self.gpus.entry(backend).or_insert_with(|| {
-            let ctx = Context::new().map_err(|e| one_line(&e.to_string()));
-            let timed = ctx.as_ref().is_ok_and(Context::enable_gpu_timing);
+            let options = ContextOptions::from_env().map(|o| if tune { o } else { o.tune(false) });
+            let ctx = options
+                .and_then(|o| Context::with_options(&o.gpu_timing(true)))
+                .map_err(|e| one_line(&e.to_string()));
+            let timed = ctx.as_ref().is_ok_and(Context::gpu_timing);
             Gpu { ctx, timed }
         });
         let ctx = gpu.ctx.as_ref().map_err(|e| Failure::NoAdapter(e.clone()))?;
@@ -887,17 +891,20 @@ impl Runner {
         }
         let sets = &data.device[&backend];
         let attn = if backend == Backend::GpuFused { &prepared.lowered } else { &prepared.native };
-        let call = |set: usize| -> Result<flash::Output, Error> {
+        let call = |set: usize| -> Result<Output, Error> {
             let (q, k, v) = &sets[set % sets.len()];
-            match backend {
+            let out = match backend {
                 Backend::GpuFused => flash::forward(ctx, q, k, v, attn),
                 _ => naive::forward(ctx, q, k, v, attn),
-            }
+            }?;
+            ctx.wait_idle()?; // a call returns once submitted: time it to the end
+            Ok(out)
         };
         // warm-up: compiles the pipelines (and whatever else a first call does once)
         drop(call(0)?);
         // what a steady-state call allocates, measured around the first timed one
         let allocated = std::cell::Cell::new(None);
+        let info = std::cell::Cell::new(None);
         // where the backend never writes timestamps, none appear on its own context
         let once = |set: usize| -> Result<Sample, Error> {
             let before = ctx.allocated_bytes();
@@ -907,15 +914,15 @@ impl Runner {
             if allocated.get().is_none() {
                 allocated.set(Some(ctx.allocated_bytes().saturating_sub(before)));
             }
-            drop(out);
-            Ok(Sample { wall_ms, gpu_ms: ctx.last_gpu_time().map(ms) })
+            info.set(Some(out.info));
+            Ok(Sample { wall_ms, gpu_ms: out.info.gpu_time.map(ms) })
         };
         let samples = repeat(reps, budget, once)?;
         let allocated = allocated.get().unwrap_or(0);
         let (q, k, v) = &sets[0];
         let peak = q.device_bytes() + k.device_bytes() + v.device_bytes() + allocated;
         let kernel = match backend {
-            Backend::GpuFused => fused_name(ctx, attn, &spec.dims),
+            Backend::GpuFused => fused_name(info.get(), attn),
             _ => "naive-3pass".to_string(),
         };
         let info = &ctx.adapter().info;
@@ -1045,30 +1052,22 @@ fn prepare(spec: &Spec, data: &ShapeData, seed: u64, window: usize) -> Result<Pr
 }
 
 /// "fused-tiled 32x32" (the kernel family and its query × key tile), with the key splits and the
-/// kind of block table.
-fn fused_name(ctx: &Context, attn: &Attention, d: &Dimset) -> String {
-    let p = d.problem();
-    let table = match (&attn.topk, &attn.block_mask) {
-        (Some(t), _) => Some((t.k + 2, t.block_size)),
-        (None, Some(bm)) => Some((bm.max_list(), bm.size)),
-        _ => None,
-    };
-    let layout = wgpu_attention::Layout::Bhsd;
-    match flash::plan(ctx, &p, attn, table, layout, layout) {
-        Ok(plan) => {
-            let t = &plan.tiles;
+/// kind of block table, from what the last timed call ran.
+fn fused_name(info: Option<CallInfo>, attn: &Attention) -> String {
+    match info.and_then(|i| i.tiles.map(|t| (t, i.n_splits))) {
+        Some((t, n_splits)) => {
             let mut name = format!("fused-{} {}x{}", t.family.name(), t.bq, t.bk);
-            if plan.n_splits > 1 {
-                name += &format!(" split{}", plan.n_splits);
+            if n_splits > 1 {
+                name += &format!(" split{n_splits}");
             }
             if attn.topk.is_some() {
                 name += " +topk";
-            } else if table.is_some() {
+            } else if attn.block_mask.is_some() {
                 name += " +table";
             }
             name
         }
-        Err(_) => "fused".into(),
+        None => "fused".into(),
     }
 }
 

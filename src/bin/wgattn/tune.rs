@@ -23,7 +23,7 @@ pub fn tune(args: &TuneArgs) -> Result<(), CliError> {
         for class in [MaskClass::Dense, MaskClass::Causal, MaskClass::Table] {
             let key = TuneKey::new(&ctx, d, class);
             let (best, times) = tune::tune(&ctx, &key)?;
-            tune::remember(&key, best);
+            tune::remember(&ctx, &key, best);
             let cells: Vec<String> =
                 times.iter().map(|(_, t)| t.map_or("-".to_string(), |t| format!("{t:.1}"))).collect();
             println!(
@@ -35,9 +35,11 @@ pub fn tune(args: &TuneArgs) -> Result<(), CliError> {
             );
         }
     }
-    match cache_file() {
+    match cache_file(&ctx) {
         Some(path) => println!("cache: {}", path.display()),
-        None => println!("cache: none (no WGATTN_CACHE_DIR, XDG_CACHE_HOME or HOME)"),
+        None => {
+            println!("cache: none (no WGATTN_CACHE_DIR, XDG_CACHE_HOME or HOME): choices kept in memory only")
+        }
     }
     Ok(())
 }

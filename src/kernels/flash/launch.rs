@@ -1,0 +1,393 @@
+//! Recording a fused-forward call: the block table and aux words, the per-chunk uniforms and
+//! binding windows of its plan, and the top-k selection and LSE merge around the kernel. Never
+//! blocks: the dispatches go into the caller's encoder.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::plan::{element_range, key_range, plan, Rows};
+use super::tiles::{Family, TileConfig, Variant};
+use crate::attention::{Attention, Problem};
+use crate::context::Context;
+use crate::dtype::{word_bytes, DType};
+use crate::error::{Error, Result};
+use crate::kernels::merge::{self, MergeBuffers, MergeParams};
+use crate::kernels::topk;
+use crate::kernels::{causal_code, dispatch_all, pipeline, strides4, Window};
+use crate::mask::BlockMask;
+use crate::record::{outputs, submit_one, CallInfo, Output};
+use crate::tensor::{check_buffer_size, Tensor};
+
+/// Mirrors `Params` in attention_common.wgsl: 36 scalars (144 bytes, the last three padding, so
+/// that the vec4 strides that follow sit at WGSL's 16-byte alignment), then five strides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct ForwardParams {
+    q_len: u32,
+    kv_len: u32,
+    head_dim: u32,
+    group: u32,
+    rows_per_head: u32,
+    batch0: u32,
+    batches: u32,
+    kv_head0: u32,
+    kv_heads: u32,
+    q_tile0: u32,
+    q_tiles: u32,
+    n_splits: u32,
+    tiles_per_split: u32,
+    grid_x: u32,
+    causal: u32,
+    alibi_offset: u32,
+    scale: f32,
+    softcap: f32,
+    q_base: u32,
+    k_base: u32,
+    v_base: u32,
+    o_base: u32,
+    lse_base: u32,
+    wg_offset: u32,
+    use_table: u32,
+    block_size: u32,
+    table_batch: u32,
+    table_heads: u32,
+    q_blocks: u32,
+    lists_offset: u32,
+    entries_offset: u32,
+    bits_offset: u32,
+    split0: u32,
+    pad: [u32; 3],
+    q_stride: [u32; 4],
+    k_stride: [u32; 4],
+    v_stride: [u32; 4],
+    o_stride: [u32; 4],
+    lse_stride: [u32; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<ForwardParams>() == 36 * 4 + 5 * 16);
+
+/// The tensors of one call.
+#[derive(Clone, Copy)]
+pub(crate) struct Io<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub o: &'a Tensor,
+    pub lse: &'a Tensor,
+}
+
+/// Attention forward on device tensors: O (in Q's layout) and LSE, freshly allocated. Records
+/// and submits one call without waiting (reading an output back waits for it); with GPU timing on
+/// (native targets) it waits, so that the output carries its GPU time.
+pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
+    let p = attn.validate(q.shape, k.shape, v.shape)?;
+    let (o, lse) = outputs(ctx, q)?;
+    let family = crate::tune::family_for(ctx, p.head_dim, attn)?;
+    let info = submit_one(ctx, |ctx, encoder, timing| {
+        encode_valid(ctx, encoder, timing, &p, family, Io { q, k, v, o: &o, lse: &lse }, attn)
+    })?;
+    Ok(Output { o, lse, info })
+}
+
+/// Attention forward into existing O and LSE tensors (O: Q's shape, any layout; LSE: shape
+/// `[B, Hq, Nq, 1]`). Reusing outputs avoids an allocation per call. Submits like [`forward`].
+pub fn forward_into(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attn: &Attention,
+    o: &Tensor,
+    lse: &Tensor,
+) -> Result<CallInfo> {
+    let p = attn.validate(q.shape, k.shape, v.shape)?;
+    let family = crate::tune::family_for(ctx, p.head_dim, attn)?;
+    submit_one(ctx, |ctx, encoder, timing| {
+        encode_valid(ctx, encoder, timing, &p, family, Io { q, k, v, o, lse }, attn)
+    })
+}
+
+/// Record one fused forward of `family` into `encoder` (its own compute pass, which writes
+/// `timing`'s timestamps if given). Validates the call; blocks on nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timing: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    family: Family,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    attn: &Attention,
+    (o, lse): (&Tensor, &Tensor),
+) -> Result<CallInfo> {
+    let p = attn.validate(q.shape, k.shape, v.shape)?;
+    encode_valid(ctx, encoder, timing, &p, family, Io { q, k, v, o, lse }, attn)
+}
+
+/// [`encode`] of a validated problem `p`.
+pub(crate) fn encode_valid(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timing: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    p: &Problem,
+    family: Family,
+    io: Io<'_>,
+    attn: &Attention,
+) -> Result<CallInfo> {
+    let Io { q, k, v, o, lse } = io;
+    for t in [q, k, v, o, lse] {
+        t.check_context(ctx)?;
+        if t.dtype != DType::F32 {
+            return Err(Error::UnsupportedFeature { feature: "f16/bf16 tensors", hint: "use f32 tensors" });
+        }
+    }
+    if k.strides != v.strides {
+        return Err(Error::ShapeMismatch(format!(
+            "K has strides {:?} but V {:?}: they must agree",
+            k.strides, v.strides
+        )));
+    }
+    if o.shape != p.q_shape() {
+        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", o.shape, p.q_shape())));
+    }
+    let lse_shape = crate::attention::Shape::new(p.batch, p.q_heads, p.q_len, 1);
+    if lse.shape != lse_shape {
+        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", lse.shape)));
+    }
+    if lse.strides != crate::attention::Layout::Bhsd.strides(lse_shape) {
+        return Err(Error::ShapeMismatch("LSE must be contiguous [B, Hq, Nq, 1]".into()));
+    }
+    // a mask is lowered to a block table (a prebuilt one is used as it is)
+    let built;
+    let table: Option<&BlockMask> = match (&attn.block_mask, &attn.mask) {
+        (Some(bm), None) => Some(bm),
+        (None, None) => None,
+        _ => {
+            built = BlockMask::build(attn, p.dims(), attn.block_size.unwrap_or(64))?;
+            Some(&built)
+        }
+    };
+    // (longest list, block size) of the table the kernel walks, if any
+    let table_shape = match (&attn.topk, table) {
+        (Some(t), _) => Some((t.k + 2, t.block_size)),
+        (None, Some(t)) => Some((t.max_list(), t.size)),
+        (None, None) => None,
+    };
+    let first = TileConfig::for_family(ctx, family, p.head_dim, table_shape.map(|(_, size)| size))?;
+    let plan = plan(ctx.limits(), first, p, attn.num_splits, table_shape, q.strides, k.strides)?;
+    let g = p.group();
+    let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table_shape.is_none());
+
+    // aux: per-batch key lengths, then ALiBi slopes as f32 bits
+    let mut aux: Vec<u32> = match &attn.kv_lens {
+        Some(l) => l.clone(),
+        None => vec![p.kv_len as u32; p.batch],
+    };
+    let alibi_offset = aux.len() as u32;
+    if let Some(s) = &attn.alibi_slopes {
+        aux.extend(s.iter().map(|x| x.to_bits()));
+    }
+    let mut table_params = [0u32; 8];
+    if let Some(t) = table {
+        let lists_offset = aux.len() as u32;
+        let mut start = 0u32;
+        for list in &t.lists {
+            aux.extend([start, list.len() as u32]);
+            start += list.len() as u32;
+        }
+        let entries_offset = aux.len() as u32;
+        for e in t.lists.iter().flatten() {
+            aux.extend([e.key_block, e.bits.unwrap_or(u32::MAX)]);
+        }
+        let bits_offset = aux.len() as u32;
+        aux.extend_from_slice(&t.bits);
+        table_params = [
+            1,
+            t.size as u32,
+            t.batch as u32,
+            t.heads as u32,
+            t.q_blocks as u32,
+            lists_offset,
+            entries_offset,
+            bits_offset,
+        ];
+    }
+    let mut topk_offsets = (0, 0);
+    if let Some(t) = &attn.topk {
+        // filled on the device by the top-k selection before the kernel runs
+        let (lists_words, entries_words) = topk::table_words(p, t);
+        topk_offsets = (aux.len() as u32, (aux.len() + lists_words) as u32);
+        aux.resize(aux.len() + lists_words + entries_words, 0);
+        table_params = [
+            1,
+            t.block_size as u32,
+            p.batch as u32,
+            p.q_heads as u32,
+            p.q_len.div_ceil(t.block_size) as u32,
+            topk_offsets.0,
+            topk_offsets.1,
+            0,
+        ];
+    }
+    let aux_bytes = word_bytes(aux.len() as u64);
+    if aux_bytes > ctx.limits().max_storage_buffer_binding_size {
+        return Err(Error::LimitExceeded {
+            what: "the block table and bitmaps of the mask".into(),
+            limit: "max_storage_buffer_binding_size",
+            needed: aux_bytes,
+            available: ctx.limits().max_storage_buffer_binding_size,
+        });
+    }
+    let aux = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("attention aux"),
+        contents: bytemuck::cast_slice(&aux),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+
+    // partial states for split key ranges, sized for the largest chunk
+    let ns = plan.n_splits as u64;
+    let partial = if ns > 1 {
+        let max_rows = plan.chunks.iter().map(|c| rows.count(c)).max().unwrap_or(1);
+        let o_bytes = DType::F32.bytes(max_rows * ns * p.head_dim as u64);
+        check_buffer_size(ctx, "partial-output buffer", o_bytes)?;
+        let make = |label, size| {
+            ctx.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        Some((make("partial O", o_bytes), make("partial LSE", DType::F32.bytes(max_rows * ns))))
+    } else {
+        None
+    };
+
+    let (name, source) = plan.tiles.source();
+    let kv_aligned = [k, v].iter().all(|t| t.offset % 4 == 0 && t.strides.iter().all(|s| s % 4 == 0));
+    let variant = Variant::for_call(ctx, p.head_dim, attn, table, kv_aligned);
+    let pipeline = pipeline(ctx, name, source, &plan.tiles.params(variant))?;
+
+    let mut dispatches = 0;
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("attention forward"),
+            timestamp_writes: timing,
+        });
+        if let Some(t) = &attn.topk {
+            dispatches += topk::encode(ctx, &mut pass, p, attn, t, (q, k), &aux, topk_offsets)?;
+        }
+        for c in &plan.chunks {
+            let (p0, _) = rows.rows(c);
+            let kh = if c.ns < plan.n_splits {
+                // cut by key range: only this split's keys (clamped to Nk) are bound
+                let split_keys = (plan.tiles_per_split * plan.tiles.bk) as usize;
+                let k0 = (c.s0 as usize * split_keys).min(p.kv_len - 1);
+                let k1 = ((c.s0 + c.ns) as usize * split_keys).min(p.kv_len);
+                key_range(p.kv_shape(), k.strides, c.b0, c.kh0, k0, k1)
+            } else {
+                element_range(p.kv_shape(), k.strides, c.b0, c.nb, c.kh0, c.nkh)
+            };
+            let qw = Window::new(ctx, q, rows.range(q.strides, c));
+            let kw = Window::new(ctx, k, kh);
+            let vw = Window::new(ctx, v, kh);
+            let ow = Window::new(ctx, o, rows.range(o.strides, c));
+            let lw = Window::new(ctx, lse, rows.lse_range(c));
+            let mut fp = ForwardParams {
+                q_len: p.q_len as u32,
+                kv_len: p.kv_len as u32,
+                head_dim: p.head_dim as u32,
+                group: g as u32,
+                rows_per_head: rows.rph as u32,
+                batch0: c.b0 as u32,
+                batches: c.nb as u32,
+                kv_head0: c.kh0 as u32,
+                kv_heads: c.nkh as u32,
+                q_tile0: c.t0 as u32,
+                q_tiles: c.nt as u32,
+                n_splits: c.ns,
+                tiles_per_split: plan.tiles_per_split,
+                split0: c.s0,
+                causal: causal_code(attn),
+                alibi_offset,
+                scale: attn.scale_for(p.head_dim),
+                softcap: attn.softcap.unwrap_or(1.0),
+                q_base: qw.base,
+                k_base: kw.base,
+                v_base: vw.base,
+                use_table: table_params[0],
+                block_size: table_params[1],
+                table_batch: table_params[2],
+                table_heads: table_params[3],
+                q_blocks: table_params[4],
+                lists_offset: table_params[5],
+                entries_offset: table_params[6],
+                bits_offset: table_params[7],
+                q_stride: strides4(q),
+                k_stride: strides4(k),
+                v_stride: strides4(v),
+                ..Default::default()
+            };
+            let (o_res, lse_res);
+            if let Some((po, pl)) = &partial {
+                // partial states of packed row r = (b − b0, kv head − kh0, p − p0), in order:
+                // O at (r·n_splits + split)·D + d, LSE at r·n_splits + split. Expressed by strides
+                // over (batch, head, query, split): head h, query i is packed row (h − kh·G)·Nq + i.
+                let (d, rph, nsu) = (p.head_dim as u32, rows.rph as u32, plan.n_splits);
+                let (rows_per_kh, g) = ((rows.rows(c).1 - p0) as u32, g as u32);
+                let row = [rows_per_kh * c.nkh as u32, rph, 1];
+                let row0 = c.b0 as u32 * row[0] + (c.kh0 as u32 * g) * rph + p0 as u32;
+                // (kv head stride within the chunk is rows_per_kh = G·R whenever nkh > 1)
+                fp.o_stride = [row[0] * nsu * d, row[1] * nsu * d, nsu * d, d];
+                fp.o_base = row0 * nsu * d;
+                fp.lse_stride = [row[0] * nsu, row[1] * nsu, nsu, 1];
+                fp.lse_base = row0 * nsu;
+                o_res = po.as_entire_binding();
+                lse_res = pl.as_entire_binding();
+            } else {
+                fp.o_stride = strides4(o);
+                fp.o_base = ow.base;
+                fp.lse_stride = [(p.q_heads * p.q_len) as u32, p.q_len as u32, 1, 0];
+                fp.lse_base = lw.base;
+                o_res = ow.binding(&o.buffer);
+                lse_res = lw.binding(&lse.buffer);
+            }
+            let total = (c.nb * c.nkh * c.nt) as u64 * c.ns as u64;
+            let uniform =
+                |grid_x, wg_offset| bytemuck::bytes_of(&ForwardParams { grid_x, wg_offset, ..fp }).to_vec();
+            let resources = [
+                (1, qw.binding(&q.buffer)),
+                (2, kw.binding(&k.buffer)),
+                (3, vw.binding(&v.buffer)),
+                (4, aux.as_entire_binding()),
+                (5, o_res),
+                (6, lse_res),
+            ];
+            dispatches +=
+                dispatch_all(ctx, &mut pass, &pipeline, "flash forward", total, uniform, &resources);
+
+            // merge once the chunk's rows have every split (the last key-range chunk of its rows)
+            if let Some((po, pl)) = partial.as_ref().filter(|_| c.s0 + c.ns == plan.n_splits) {
+                let mp = MergeParams {
+                    rows: rows.count(c) as u32,
+                    row0: p0 as u32,
+                    rows_per_group: (rows.rows(c).1 - p0) as u32,
+                    head_dim: p.head_dim as u32,
+                    n_splits: plan.n_splits,
+                    group: g as u32,
+                    kv_heads: c.nkh as u32,
+                    q_len: p.q_len as u32,
+                    rows_per_head: rows.rph as u32,
+                    batch0: c.b0 as u32,
+                    kv_head0: c.kh0 as u32,
+                    o_stride: strides4(o),
+                    lse_stride_b: (p.q_heads * p.q_len) as u32,
+                    lse_stride_h: p.q_len as u32,
+                    ..Default::default()
+                };
+                let bufs =
+                    MergeBuffers { part_o: po, part_lse: pl, o: (&o.buffer, ow), lse: (&lse.buffer, lw) };
+                dispatches += merge::encode(ctx, &mut pass, mp, &bufs)?;
+            }
+        }
+    }
+    Ok(CallInfo::new(plan.tiles.family.name(), Some(plan.tiles), plan.n_splits, dispatches))
+}

@@ -1,0 +1,17 @@
+//! The fused forward (`shaders/flash_forward.wgsl`, `shaders/flash_register.wgsl`), by concern:
+//! [`tiles`] (families and their specialisations), [`plan`] (cutting a call into dispatches that
+//! fit the adapter's limits: host arithmetic, no device) and `launch` (recording a call's
+//! dispatches into a caller's encoder).
+//!
+//! Device memory per call: O (`4·B·Hq·Nq·D` bytes), LSE (`4·B·Hq·Nq`), a small aux buffer
+//! (`4·(B + Hq)`) and a uniform per dispatch; with a split key range also partial states of
+//! `4·rows·n_splits·(D + 1)` bytes for the largest chunk of rows. Nothing is O(Nq·Nk).
+
+mod launch;
+pub mod plan;
+pub mod tiles;
+
+pub use launch::{encode, forward, forward_into};
+pub(crate) use launch::{encode_valid, Io};
+pub use plan::{plan, Chunk, Plan, MAX_KEYS_PER_SPLIT};
+pub use tiles::{default_family, Family, TileConfig, Variant, FAMILIES};

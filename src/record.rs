@@ -1,0 +1,274 @@
+//! Recording apart from submitting. A [`Recorder`] records many operations (attention calls of
+//! any shapes and masks, the caller's own commands in between) into one command encoder and
+//! submits them once; nothing blocks until the caller waits for the [`Submission`] or reads a
+//! tensor back. [`crate::forward`] is one recorded call, submitted.
+//!
+//! Each call is validated once, when it is recorded; error scopes surround the submission. What
+//! a call ran (its kernel family and tiles, its dispatches) comes back with it as a
+//! [`CallInfo`]; its GPU time, when the context times calls, once the submission has finished.
+//!
+//! ```
+//! use wgpu_attention::{Attention, Context, HostTensor, Layout, Recorder, Shape, Tensor};
+//! # fn main() -> Result<(), wgpu_attention::Error> {
+//! let ctx = Context::new()?;
+//! let shape = Shape::new(1, 2, 50, 32);
+//! let host = HostTensor::new((0..shape.len()).map(|i| (i % 7) as f32 / 7.0).collect(), shape, Layout::Bhsd)?;
+//! let x = Tensor::upload(&ctx, &host)?;
+//! let mut rec = Recorder::new(&ctx);
+//! let plain = rec.forward(&x, &x, &x, &Attention::new())?;
+//! let causal = rec.forward(&x, &x, &x, &Attention::new().causal(wgpu_attention::Causal::TopLeft))?;
+//! let calls = rec.submit()?.wait()?; // one submission for both
+//! assert_eq!(calls.len(), 2);
+//! assert_eq!(plain.o.to_host(&ctx)?.data.len(), shape.len());
+//! # let _ = causal; Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::attention::{Attention, Layout, Shape};
+use crate::context::{map_read, Context};
+use crate::error::Result;
+use crate::kernels::flash::{self, Io, TileConfig};
+use crate::tensor::Tensor;
+
+/// What one recorded call ran.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallInfo {
+    /// The kernel: a fused-forward family's [`crate::Family::name`], or `naive`.
+    pub kernel: &'static str,
+    /// The fused forward's specialisation (family, tiles, padded head dim); `None` for others.
+    pub tiles: Option<TileConfig>,
+    /// Parts the key range was split into (merged by log-sum-exp when > 1).
+    pub n_splits: u32,
+    /// Compute dispatches recorded.
+    pub dispatches: usize,
+    /// GPU time between the start and the end of the call's compute pass, when the context
+    /// times calls ([`crate::ContextOptions::gpu_timing`]) and the submission has finished.
+    pub gpu_time: Option<Duration>,
+}
+
+impl CallInfo {
+    pub(crate) fn new(
+        kernel: &'static str,
+        tiles: Option<TileConfig>,
+        n_splits: u32,
+        dispatches: usize,
+    ) -> Self {
+        Self { kernel, tiles, n_splits, dispatches, gpu_time: None }
+    }
+}
+
+/// O and LSE of one forward call, with what ran.
+#[non_exhaustive]
+#[derive(Debug)]
+pub struct Output {
+    /// `[B, Hq, Nq, D]` in Q's layout.
+    pub o: Tensor,
+    /// `[B, Hq, Nq]` (a tensor of shape `[B, Hq, Nq, 1]`), natural log; −∞ for rows that saw no key.
+    pub lse: Tensor,
+    /// The kernel, its tiles and (once known) its GPU time.
+    pub info: CallInfo,
+}
+
+/// Allocate O (Q's shape and layout) and LSE `[B, Hq, Nq, 1]` for a call with query `q`.
+pub(crate) fn outputs(ctx: &Context, q: &Tensor) -> Result<(Tensor, Tensor)> {
+    let s = q.shape;
+    Ok((
+        Tensor::zeros(ctx, s, q.layout)?,
+        Tensor::zeros(ctx, Shape::new(s.batch, s.heads, s.seq, 1), Layout::Bhsd)?,
+    ))
+}
+
+/// A call recorder: records one call into an encoder, in one compute pass that takes the
+/// timestamp writes it is given.
+pub(crate) trait Encode:
+    FnOnce(&Context, &mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<CallInfo>
+{
+}
+impl<F> Encode for F where
+    F: FnOnce(
+        &Context,
+        &mut wgpu::CommandEncoder,
+        Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<CallInfo>
+{
+}
+
+/// One call recorded and submitted on its own, without waiting, except with GPU timing on (native
+/// targets), where it waits so that the returned info carries the GPU time.
+pub(crate) fn submit_one(ctx: &Context, encode: impl Encode) -> Result<CallInfo> {
+    let mut rec = Recorder::new(ctx);
+    let info = rec.record(encode)?;
+    let submission = rec.submit()?;
+    #[cfg(not(target_arch = "wasm32"))]
+    if ctx.gpu_timing() {
+        return Ok(submission.wait()?[0]);
+    }
+    drop(submission);
+    Ok(info)
+}
+
+/// Timestamps around one call's compute pass: written by the pass, resolved and copied to a
+/// mappable buffer at the end of the call.
+struct CallTimer {
+    call: usize,
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+/// Records operations into one command encoder and submits them once. See the module docs.
+pub struct Recorder<'c> {
+    ctx: &'c Context,
+    encoder: wgpu::CommandEncoder,
+    calls: Vec<CallInfo>,
+    timers: Vec<CallTimer>,
+}
+
+impl<'c> Recorder<'c> {
+    /// An empty recording on `ctx`.
+    pub fn new(ctx: &'c Context) -> Self {
+        let encoder =
+            ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("recorder") });
+        Self { ctx, encoder, calls: Vec::new(), timers: Vec::new() }
+    }
+
+    /// The context it records on.
+    pub fn context(&self) -> &'c Context {
+        self.ctx
+    }
+
+    /// The encoder, for the caller's own commands between recorded calls (they run in order).
+    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        &mut self.encoder
+    }
+
+    /// Calls recorded so far.
+    pub fn calls(&self) -> &[CallInfo] {
+        &self.calls
+    }
+
+    /// Record the fused forward into fresh O and LSE tensors (usable by later recorded calls).
+    pub fn forward(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
+        // validated before anything is allocated
+        let p = attn.validate(q.shape, k.shape, v.shape)?;
+        let (o, lse) = outputs(self.ctx, q)?;
+        let family = crate::tune::family_for(self.ctx, p.head_dim, attn)?;
+        let io = Io { q, k, v, o: &o, lse: &lse };
+        let info = self
+            .record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, &p, family, io, attn))?;
+        Ok(Output { o, lse, info })
+    }
+
+    /// Record the fused forward into existing O (Q's shape, any layout) and LSE (`[B, Hq, Nq, 1]`)
+    /// tensors.
+    pub fn forward_into(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        attn: &Attention,
+        o: &Tensor,
+        lse: &Tensor,
+    ) -> Result<CallInfo> {
+        let p = attn.validate(q.shape, k.shape, v.shape)?;
+        let family = crate::tune::family_for(self.ctx, p.head_dim, attn)?;
+        let io = Io { q, k, v, o, lse };
+        self.record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, &p, family, io, attn))
+    }
+
+    /// Record one call made by `encode`, which records into the encoder in one compute pass that
+    /// takes the timestamp writes it is given (when the context times calls).
+    pub(crate) fn record(&mut self, encode: impl Encode) -> Result<CallInfo> {
+        let ctx = self.ctx;
+        let timer = ctx.gpu_timing().then(|| CallTimer {
+            call: self.calls.len(),
+            query_set: ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("call timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: ctx.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: ctx.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp read-back"),
+                size: 16,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        });
+        let writes = timer.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
+            query_set: &t.query_set,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        });
+        let info = encode(ctx, &mut self.encoder, writes)?;
+        if let Some(t) = timer {
+            self.encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
+            self.encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+            self.timers.push(t);
+        }
+        self.calls.push(info);
+        Ok(info)
+    }
+
+    /// Submit everything recorded, in order, as one submission. Returns without waiting.
+    pub fn submit(self) -> Result<Submission<'c>> {
+        let index = self.ctx.submit(self.encoder)?;
+        Ok(Submission {
+            ctx: self.ctx,
+            index,
+            calls: self.calls,
+            timers: self.timers.into_iter().map(|t| (t.call, t.readback)).collect(),
+        })
+    }
+}
+
+/// Recorded work handed to the GPU.
+pub struct Submission<'c> {
+    ctx: &'c Context,
+    index: wgpu::SubmissionIndex,
+    calls: Vec<CallInfo>,
+    timers: Vec<(usize, wgpu::Buffer)>,
+}
+
+impl Submission<'_> {
+    /// What each call ran (GPU times are filled in by [`Submission::finished`]).
+    pub fn calls(&self) -> &[CallInfo] {
+        &self.calls
+    }
+
+    /// Resolves once the GPU has finished the submission's timestamps (on native targets after a
+    /// device poll: [`Submission::wait`] does both): each call's [`CallInfo`], with its GPU time
+    /// where the context times calls.
+    pub fn finished(self) -> impl Future<Output = Result<Vec<CallInfo>>> + 'static {
+        let period_ns = self.ctx.queue.get_timestamp_period() as f64;
+        let reads: Vec<_> = self.timers.into_iter().map(|(call, buffer)| (call, map_read(buffer))).collect();
+        let mut calls = self.calls;
+        async move {
+            for (call, read) in reads {
+                let t: Vec<u64> = bytemuck::pod_collect_to_vec(&read.await?);
+                let ns = t[1].saturating_sub(t[0]) as f64 * period_ns;
+                calls[call].gpu_time = Some(Duration::from_nanos(ns as u64));
+            }
+            Ok(calls)
+        }
+    }
+
+    /// Wait until the GPU has finished the submission; each call's [`CallInfo`] with its GPU
+    /// time where the context times calls. Native targets only (on the web await
+    /// [`Submission::finished`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(self) -> Result<Vec<CallInfo>> {
+        let (ctx, index) = (self.ctx, self.index.clone());
+        let finished = self.finished();
+        ctx.wait_for(Some(index))?;
+        pollster::block_on(finished)
+    }
+}
