@@ -390,7 +390,7 @@ impl HostTensor {
     }
 }
 
-/// O and LSE on the host: what [`crate::attention`] and the CPU paths return.
+/// O and LSE on the host: what [`crate::attention()`] and the CPU paths return.
 #[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct HostOutput {

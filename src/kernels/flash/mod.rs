@@ -1,5 +1,5 @@
 //! The fused forward (`shaders/flash_forward.wgsl`, `shaders/flash_register.wgsl`), by concern:
-//! [`tiles`] (families and their specialisations), [`plan`] (cutting a call into dispatches that
+//! [`tiles`] (families and their specialisations), [`mod@plan`] (cutting a call into dispatches that
 //! fit the adapter's limits: host arithmetic, no device) and `launch` (recording a call's
 //! dispatches into a caller's encoder).
 //!

@@ -309,3 +309,98 @@ fn plan_tiles(
     }
     Ok(Plan { tiles, n_splits, tiles_per_split, chunks })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Planning needs no device: made-up limits and the register tiles of an 8-lane adapter.
+    use super::*;
+    use crate::attention::Layout;
+
+    fn problem(
+        batch: usize,
+        q_heads: usize,
+        kv_heads: usize,
+        q_len: usize,
+        kv_len: usize,
+        d: usize,
+    ) -> Problem {
+        Problem { batch, q_heads, kv_heads, q_len, kv_len, head_dim: d }
+    }
+
+    fn limits(max_binding: u64) -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffer_binding_size: max_binding,
+            min_storage_buffer_offset_alignment: 256,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    /// Every (batch, kv head, query tile, split) is run by exactly one chunk.
+    fn assert_covers(plan: &Plan, p: &Problem) {
+        let rows = Rows::new(p.q_shape(), p.group(), plan.tiles.bq as usize, true);
+        let mut seen = std::collections::HashMap::new();
+        for c in &plan.chunks {
+            for b in c.b0..c.b0 + c.nb {
+                for kh in c.kh0..c.kh0 + c.nkh {
+                    for t in c.t0..c.t0 + c.nt {
+                        for s in c.s0..c.s0 + c.ns {
+                            *seen.entry((b, kh, t, s)).or_insert(0) += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let want = p.batch * p.kv_heads * rows.tiles() * plan.n_splits as usize;
+        assert_eq!(seen.len(), want, "{plan:?}");
+        assert!(seen.values().all(|&n| n == 1), "a piece runs twice: {plan:?}");
+    }
+
+    fn tiles(d: usize) -> TileConfig {
+        TileConfig::register(d, Some(8), None, false)
+    }
+
+    #[test]
+    fn a_problem_that_fits_is_one_chunk() {
+        let p = problem(2, 8, 2, 300, 500, 64);
+        let s = Layout::Bhsd.strides(p.q_shape());
+        let k = Layout::Bhsd.strides(p.kv_shape());
+        let plan = plan(&limits(128 << 20), tiles(64), &p, Some(3), None, s, k).unwrap();
+        assert_eq!(plan.chunks.len(), 1);
+        assert_eq!(plan.n_splits, 3);
+        assert_covers(&plan, &p);
+    }
+
+    #[test]
+    fn small_bindings_cut_by_batch_head_rows_and_key_range() {
+        for (layout, kv_len) in [(Layout::Bhsd, 4000), (Layout::Bshd, 4000), (Layout::Bshd, 20_000)] {
+            let p = problem(3, 4, 2, 700, kv_len, 64);
+            let (s, k) = (layout.strides(p.q_shape()), layout.strides(p.kv_shape()));
+            let lim = limits(256 << 10);
+            let plan = plan(&lim, tiles(64), &p, None, None, s, k).unwrap();
+            assert!(plan.chunks.len() > 1, "{layout:?} {kv_len}: {plan:?}");
+            assert_covers(&plan, &p);
+            let rows = Rows::new(p.q_shape(), p.group(), plan.tiles.bq as usize, true);
+            for c in &plan.chunks {
+                let q = rows.range(s, c);
+                assert!(window_bytes(&lim, q.0, q.1) <= lim.max_storage_buffer_binding_size, "{c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_splits_bound_each_invocation_s_loop() {
+        let p = problem(1, 1, 1, 16, 70_000, 32);
+        let s = Layout::Bhsd.strides(p.q_shape());
+        let plan = plan(&limits(128 << 20), tiles(32), &p, Some(1), None, s, s).unwrap();
+        assert!(plan.tiles_per_split * plan.tiles.bk <= MAX_KEYS_PER_SPLIT, "{plan:?}");
+        assert!(plan.n_splits >= 5);
+    }
+
+    #[test]
+    fn what_cannot_fit_is_a_typed_error() {
+        let p = problem(1, 1, 1, 64, 1024, 256);
+        let s = Layout::Bhsd.strides(p.q_shape());
+        let e = plan(&limits(2 << 10), tiles(256), &p, None, Some((16, 64)), s, s).unwrap_err();
+        assert!(matches!(e, Error::LimitExceeded { limit: "max_storage_buffer_binding_size", .. }), "{e:?}");
+    }
+}
