@@ -114,6 +114,7 @@ pub enum Causal {
 /// let attn = Attention::new().causal(Causal::BottomRight).softcap(30.0);
 /// assert_eq!(attn.causal, Some(Causal::BottomRight));
 /// ```
+#[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Attention {
     /// Softmax scale; `None` means `1/sqrt(head_dim)`.
@@ -127,17 +128,11 @@ pub struct Attention {
     pub alibi_slopes: Option<Vec<f32>>,
     /// Logit soft-capping value (> 0).
     pub softcap: Option<f32>,
-    /// GPU only: split the key range into this many parts, computed by separate workgroups and
-    /// merged by log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically. More
-    /// splits are used where one would exceed `kernels::flash::MAX_KEYS_PER_SPLIT` keys.
-    pub num_splits: Option<u32>,
     /// A further element mask (window, documents, prefix, dense, patterns, ...), AND-ed with the
     /// causal mask and key padding. The GPU lowers it to a [`BlockMask`] of
     /// [`Attention::block_size`] per call; build one with [`BlockMask::build`] and set
     /// [`Attention::block_mask`] to pay that once.
     pub mask: Option<Mask>,
-    /// Block edge used when lowering `mask` (32, 64 or 128; default 64).
-    pub block_size: Option<usize>,
     /// A prebuilt block mask (FlexAttention's `BlockMask`): the kernel visits only its listed key
     /// blocks, testing elements only in partial ones. Visibility is AND-ed with causal, key
     /// padding and `mask`.
@@ -145,7 +140,24 @@ pub struct Attention {
     /// Dynamic top-k block sparsity, chosen from Q and K on every call (cannot be combined with
     /// `mask` or `block_mask`).
     pub topk: Option<TopK>,
-    /// GPU only: force a kernel family (else `WGATTN_KERNEL`, else the autotuned choice).
+    /// How to run it: hints that change the speed, never the result (the CPU oracle ignores
+    /// them).
+    pub launch: Launch,
+}
+
+/// Launch hints of a call: how the GPU runs it, never what it computes.
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Launch {
+    /// Split the key range into this many parts, computed by separate workgroups and merged by
+    /// log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically. More splits
+    /// are used where one would exceed [`crate::kernels::flash::MAX_KEYS_PER_SPLIT`] keys.
+    pub num_splits: Option<u32>,
+    /// Block edge used when lowering [`Attention::mask`] to a block table (32, 64 or 128;
+    /// default 64).
+    pub block_size: Option<usize>,
+    /// Run this fused-forward family (else the context's [`kernel`](crate::ContextOptions::kernel),
+    /// else the tuned or default choice).
     pub kernel: Option<crate::kernels::flash::Family>,
 }
 
@@ -180,9 +192,15 @@ impl Attention {
         self
     }
 
-    /// Split the key range into `n` parts on the GPU (see [`Attention::num_splits`]).
+    /// Launch hint: split the key range into `n` parts on the GPU (see [`Launch::num_splits`]).
     pub fn num_splits(mut self, n: u32) -> Self {
-        self.num_splits = Some(n);
+        self.launch.num_splits = Some(n);
+        self
+    }
+
+    /// Launch hint: run kernel family `family` (see [`Launch::kernel`]).
+    pub fn kernel(mut self, family: crate::kernels::flash::Family) -> Self {
+        self.launch.kernel = Some(family);
         self
     }
 
@@ -194,9 +212,9 @@ impl Attention {
         });
         self
     }
-    /// Set the block edge used to lower `mask`.
+    /// Launch hint: the block edge used to lower `mask` (see [`Launch::block_size`]).
     pub fn block_size(mut self, size: usize) -> Self {
-        self.block_size = Some(size);
+        self.launch.block_size = Some(size);
         self
     }
     /// Attend to the `k` best key blocks of `block_size` per query block, chosen from the data.
@@ -242,7 +260,7 @@ impl Attention {
         if k.seq == 0 {
             return Err(Error::ShapeMismatch(format!("K/V {k} has no keys")));
         }
-        if self.num_splits == Some(0) {
+        if self.launch.num_splits == Some(0) {
             return Err(Error::InvalidOption("num_splits must be at least 1".into()));
         }
         if let Some(scale) = self.scale {
@@ -286,7 +304,7 @@ impl Attention {
         if let Some(m) = &self.mask {
             m.validate(dims)?;
         }
-        if let Some(size) = self.block_size {
+        if let Some(size) = self.launch.block_size {
             if !BLOCK_SIZES.contains(&size) {
                 return Err(Error::InvalidOption(format!(
                     "block size {size} is not supported: use one of {BLOCK_SIZES:?}"

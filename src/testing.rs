@@ -99,16 +99,16 @@ impl std::fmt::Display for Case {
         if let Some(s) = a.scale {
             write!(f, " scale={s}")?;
         }
-        if let Some(n) = a.num_splits {
+        if let Some(n) = a.launch.num_splits {
             write!(f, " splits={n}")?;
         }
         if let Some(m) = &a.mask {
             write!(f, " mask={}", mask_name(m))?;
         }
-        if let Some(s) = a.block_size {
+        if let Some(s) = a.launch.block_size {
             write!(f, " block={s}")?;
         }
-        if let Some(k) = &a.kernel {
+        if let Some(k) = &a.launch.kernel {
             write!(f, " kernel={}", k.name())?;
         }
         if let Some(t) = &a.topk {

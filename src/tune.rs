@@ -16,7 +16,7 @@
 //! fields: `kernel` forces a family (tests, reproducible benches), `tune: false` skips measuring
 //! and uses [`default_family`] (register on CPU adapters, tiled elsewhere), `cache_dir` is where
 //! `tune.tsv` lives (`ContextOptions::from_env` reads `WGATTN_KERNEL`, `WGATTN_TUNE`,
-//! `WGATTN_CACHE_DIR`). A call's own launch hint [`Attention::kernel`] wins over all of them.
+//! `WGATTN_CACHE_DIR`). A call's own launch hint [`Launch::kernel`](crate::attention::Launch::kernel) wins over all of them.
 //! `wgattn tune` fills the cache ahead of time.
 
 use std::path::PathBuf;
@@ -160,11 +160,11 @@ pub fn remember(ctx: &Context, key: &TuneKey, family: Family) {
     }
 }
 
-/// The family for a call: its launch hint [`Attention::kernel`], else the context's
+/// The family for a call: its launch hint [`Launch::kernel`](crate::attention::Launch::kernel), else the context's
 /// [`kernel`](crate::ContextOptions::kernel), else without tuning [`default_family`], else the
 /// tuned choice (measured now if neither memory nor the disk cache knows the key).
 pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Family> {
-    if let Some(f) = attn.kernel.or(ctx.options().kernel) {
+    if let Some(f) = attn.launch.kernel.or(ctx.options().kernel) {
         return Ok(f);
     }
     if !ctx.options().tune {
@@ -219,7 +219,7 @@ pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
             times.push((family, None));
             continue;
         }
-        let attn = Attention { kernel: Some(family), ..base.clone() };
+        let attn = base.clone().kernel(family);
         let run = || -> Result<f64> {
             let start = Instant::now();
             forward(ctx, &t, &t, &t, &attn)?;

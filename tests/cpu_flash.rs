@@ -312,7 +312,8 @@ fn topk_block_selection() {
         (4, 64, false, Some(Causal::TopLeft)),
         (2, 128, true, None),
     ] {
-        let mut attn = Attention { topk: Some(TopK { k, block_size: size, sink }), ..Attention::new() };
+        let mut attn = Attention::new();
+        attn.topk = Some(TopK { k, block_size: size, sink });
         attn.causal = causal;
         check(&Case::new(300, 450, 64).heads(2, 4, 2).attn(attn.clone()), k as u64);
         attn.kv_lens = Some(vec![450, 200]);

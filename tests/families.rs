@@ -15,7 +15,7 @@ use wgpu_attention::{Attention, Causal, Context, Layout, Mask};
 /// The options matrix at head dims `dims` (each distinct padded head dim compiles a pipeline, and
 /// lavapipe takes seconds per pipeline: keep the list short).
 fn matrix(ctx: &Context, family: Family, dims: [usize; 2]) {
-    let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
+    let with = |attn: Attention| attn.kernel(family);
     let [a, b] = dims;
     let cases = [
         Case::new(113, 203, a).heads(2, 4, 2).attn(with(Attention::new())),
@@ -67,7 +67,7 @@ fn register_family_wide() {
     let wide = Family::Register { subgroups: true, wide: true };
     matrix(common::ctx(), wide, [40, 111]);
     // above D 128: two rows per invocation instead of one
-    let with = |attn: Attention| Attention { kernel: Some(wide), ..attn };
+    let with = |attn: Attention| attn.kernel(wide);
     check_on(
         common::ctx(),
         &Case::new(90, 130, 160).heads(1, 2, 1).attn(with(Attention::new().causal(Causal::BottomRight))),

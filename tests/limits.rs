@@ -41,7 +41,7 @@ fn storage_binding_limit_cuts_keys_into_ranges() {
     let ctx = context_with(|l| l.max_storage_buffer_binding_size = 64 << 10);
     let register = |wide| Family::Register { subgroups: true, wide };
     for family in [register(false), register(true), Family::Tiled] {
-        let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
+        let with = |attn: Attention| attn.kernel(family);
         check_on(&ctx, &Case::new(37, 700, 40).heads(2, 2, 1).attn(with(Attention::new())));
         check_on(
             &ctx,

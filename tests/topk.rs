@@ -43,7 +43,9 @@ fn same_choice(case: &Case, seed: u64) {
 }
 
 fn topk(k: usize, block: usize, sink: bool) -> Attention {
-    Attention { topk: Some(TopK { k, block_size: block, sink }), ..Attention::new() }
+    let mut attn = Attention::new();
+    attn.topk = Some(TopK { k, block_size: block, sink });
+    attn
 }
 
 #[test]

@@ -250,7 +250,7 @@ impl<'a> Extra<'a> {
         Ok(match (&attn.mask, &attn.block_mask) {
             // A built block mask evaluates the whole predicate (and so any prebuilt block mask).
             (Some(_), _) => {
-                let size = attn.block_size.unwrap_or(DEFAULT_MASK_BLOCK);
+                let size = attn.launch.block_size.unwrap_or(DEFAULT_MASK_BLOCK);
                 Some(Extra::Blocks(Cow::Owned(BlockMask::build(attn, p.dims(), size)?)))
             }
             (None, Some(bm)) => Some(Extra::Blocks(Cow::Borrowed(bm))),

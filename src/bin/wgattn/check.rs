@@ -175,7 +175,7 @@ fn families(ctx: &Context, quick: bool) -> Vec<Case> {
     // every family the adapter can run (the subgroup ones need SUBGROUP)
     let available = FAMILIES.into_iter().filter(|&f| TileConfig::for_family(ctx, f, 40, None).is_ok());
     for family in available {
-        let with = |attn: Attention| Attention { kernel: Some(family), ..attn };
+        let with = |attn: Attention| attn.kernel(family);
         cases.push(
             Case::new(113, 203, 40).heads(2, 4, 2).attn(with(Attention::new().causal(Causal::BottomRight))),
         );

@@ -33,7 +33,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             (out.o.data, out.lse)
         }
         DeviceArg::Cpu => {
-            if attn.num_splits.is_some() {
+            if attn.launch.num_splits.is_some() {
                 log::warn!("--num-splits only affects the GPU path; ignored with --device cpu");
             }
             let r = reference::attention(&q, &k, &v, &attn)?;

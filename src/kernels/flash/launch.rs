@@ -161,7 +161,7 @@ pub(crate) fn encode_valid(
         (Some(bm), None) => Some(bm),
         (None, None) => None,
         _ => {
-            built = BlockMask::build(attn, p.dims(), attn.block_size.unwrap_or(64))?;
+            built = BlockMask::build(attn, p.dims(), attn.launch.block_size.unwrap_or(64))?;
             Some(&built)
         }
     };
@@ -172,7 +172,7 @@ pub(crate) fn encode_valid(
         (None, None) => None,
     };
     let first = TileConfig::for_family(ctx, family, p.head_dim, table_shape.map(|(_, size)| size))?;
-    let plan = plan(ctx.limits(), first, p, attn.num_splits, table_shape, q.strides, k.strides)?;
+    let plan = plan(ctx.limits(), first, p, attn.launch.num_splits, table_shape, q.strides, k.strides)?;
     let g = p.group();
     let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table_shape.is_none());
 
