@@ -205,6 +205,50 @@ pub fn validate(name: &str, source: &str) -> Result<()> {
     Ok(())
 }
 
+/// The bind group layout entries of entry point `entry` of `source` (specialised WGSL), as naga
+/// reflects them: every buffer binding of group 0 the entry point uses, uniform or storage (read
+/// only unless the shader writes it), visible to compute. Kernels build their pipeline layouts
+/// from these, so a layout can never disagree with its shader.
+pub fn bindings(name: &str, source: &str, entry: &str) -> Result<Vec<wgpu::BindGroupLayoutEntry>> {
+    let err = |message: String| Error::Shader { name: name.to_string(), message };
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| err(e.emit_to_string(source)))?;
+    let info =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| err(e.emit_to_string(source)))?;
+    let index = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == entry)
+        .ok_or_else(|| err(format!("no entry point `{entry}`")))?;
+    let used = info.get_entry_point(index);
+    let mut entries = Vec::new();
+    for (handle, var) in module.global_variables.iter() {
+        let Some(binding) = &var.binding else { continue };
+        if used[handle].is_empty() {
+            continue;
+        }
+        if binding.group != 0 {
+            return Err(err(format!("binding {binding:?}: the kernels use group 0 only")));
+        }
+        let ty = match var.space {
+            naga::AddressSpace::Uniform => wgpu::BufferBindingType::Uniform,
+            naga::AddressSpace::Storage { access } => {
+                wgpu::BufferBindingType::Storage { read_only: !access.contains(naga::StorageAccess::STORE) }
+            }
+            other => return Err(err(format!("binding {}: address space {other:?}", binding.binding))),
+        };
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: binding.binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+            count: None,
+        });
+    }
+    entries.sort_by_key(|e| e.binding);
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,13 +37,24 @@ pub(crate) fn entry_pipeline(
     let key = PipelineKey { shader: name, entry, params: params.clone() };
     ctx.pipeline(key, |device| {
         let text = shader::specialise(name, source, params)?;
+        // an explicit layout, reflected from the shader (see shader::bindings)
+        let entries = shader::bindings(name, &text, entry)?;
+        let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(name),
+            entries: &entries,
+        });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(name),
+            bind_group_layouts: &[Some(&bind_group_layout)],
+            immediate_size: 0,
+        });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(text.into()),
         });
         Ok(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
-            layout: None,
+            layout: Some(&layout),
             module: &module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
