@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use wgpu_attention::cpu::{flash as cpu_flash, reference};
 use wgpu_attention::kernels::{flash, naive};
 use wgpu_attention::mask::{Dims, TOPK_MAX};
@@ -209,13 +210,20 @@ struct Sweep {
 }
 
 /// One row of the table / JSON / CSV (also read back from `--merge-json` files).
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// The JSON schema is this struct's: an array of objects with these keys (scripts/torch_sdpa.py
+/// and peers/burn write it too). Non-finite numbers are written as null. Reading, only the
+/// identity keys (backend, mode, batch, heads, lengths, head dim) are required; the others may be
+/// missing or null (dtype then is f32, density 1, text empty, numbers absent), and unknown keys are
+/// ignored. The fields are in the CSV's column order ([`KEYS`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// Backend name.
     pub backend: String,
     /// Mode name.
     pub mode: String,
     /// Element type.
+    #[serde(default = "f32_name", deserialize_with = "or_else_f32")]
     pub dtype: String,
     /// B.
     pub batch: usize,
@@ -230,40 +238,77 @@ pub struct Row {
     /// D.
     pub head_dim: usize,
     /// `--density` of block-sparse and topk rows.
+    #[serde(default)]
     pub requested_density: Option<f64>,
     /// Fraction of key blocks visited.
+    #[serde(default = "one", deserialize_with = "or_else_one")]
     pub density: f64,
     /// Median time (GPU time where `timer` is gpu).
+    #[serde(default)]
     pub median_ms: Option<f64>,
     /// Median wall time.
+    #[serde(default)]
     pub wall_ms: Option<f64>,
     /// Density-scaled GFLOP/s at `median_ms`.
+    #[serde(default)]
     pub gflops: Option<f64>,
     /// Minimum-traffic GB/s at `median_ms`.
+    #[serde(default)]
     pub gbps: Option<f64>,
     /// Inputs plus what one call allocated (0 on the CPU).
+    #[serde(default)]
     pub peak_device_bytes: Option<u64>,
     /// "gpu" or "wall": what `median_ms` measures.
+    #[serde(default)]
     pub timer: Option<String>,
     /// Timed repetitions.
+    #[serde(default, deserialize_with = "or_default")]
     pub reps: usize,
     /// The kernel or path that ran.
+    #[serde(default, deserialize_with = "or_default")]
     pub kernel: String,
     /// Adapter or CPU.
+    #[serde(default, deserialize_with = "or_default")]
     pub device: String,
-    /// Empty, or why there are no numbers.
-    pub note: String,
-    /// The full error behind `note`.
-    pub detail: String,
     /// gpu-naive time / gpu-fused time (on gpu-fused rows).
+    #[serde(default)]
     pub speedup_fused_vs_naive: Option<f64>,
     /// cpu-fast time / gpu-fused time (on gpu-fused rows).
+    #[serde(default)]
     pub speedup_gpu_vs_cpu: Option<f64>,
     /// Dense time / this time, same backend and shape (on masked rows).
+    #[serde(default)]
     pub speedup_vs_dense: Option<f64>,
+    /// Empty, or why there are no numbers.
+    #[serde(default, deserialize_with = "or_default")]
+    pub note: String,
+    /// The full error behind `note`.
+    #[serde(default, deserialize_with = "or_default")]
+    pub detail: String,
 }
 
-/// The row keys, in the CSV's column order.
+fn f32_name() -> String {
+    "f32".into()
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A key that may be null: null reads as the type's default.
+fn or_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn or_else_f32<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(f32_name))
+}
+
+fn or_else_one<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(1.0))
+}
+
+/// The row keys, in the CSV's column order (the order of [`Row`]'s fields).
 const KEYS: [&str; 25] = [
     "backend",
     "mode",
@@ -340,83 +385,6 @@ impl Row {
             self.head_dim
         )
     }
-
-    fn to_json(&self) -> Value {
-        let num = |x: Option<f64>| x.filter(|x| x.is_finite()).map_or(Value::Null, |x| json!(x));
-        json!({
-            "backend": self.backend,
-            "mode": self.mode,
-            "dtype": self.dtype,
-            "batch": self.batch,
-            "q_heads": self.q_heads,
-            "kv_heads": self.kv_heads,
-            "q_len": self.q_len,
-            "kv_len": self.kv_len,
-            "head_dim": self.head_dim,
-            "requested_density": num(self.requested_density),
-            "density": num(Some(self.density)),
-            "median_ms": num(self.median_ms),
-            "wall_ms": num(self.wall_ms),
-            "gflops": num(self.gflops),
-            "gbps": num(self.gbps),
-            "peak_device_bytes": self.peak_device_bytes,
-            "timer": self.timer,
-            "reps": self.reps,
-            "kernel": self.kernel,
-            "device": self.device,
-            "speedup_fused_vs_naive": num(self.speedup_fused_vs_naive),
-            "speedup_gpu_vs_cpu": num(self.speedup_gpu_vs_cpu),
-            "speedup_vs_dense": num(self.speedup_vs_dense),
-            "note": self.note,
-            "detail": self.detail,
-        })
-    }
-
-    /// A row of a `--merge-json` file; numbers may be missing (null), identity keys may not.
-    fn from_json(v: &Value, file: &Path, index: usize) -> Result<Self, CliError> {
-        let bad = |what: &str| {
-            CliError::Usage(format!(
-                "{}: row {index}: {what} (expected the bench's JSON format)",
-                file.display()
-            ))
-        };
-        let obj = v.as_object().ok_or_else(|| bad("not an object"))?;
-        let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
-        let int = |k: &str| -> Result<usize, CliError> {
-            obj.get(k)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| bad(&format!("`{k}` missing")))
-        };
-        let float = |k: &str| obj.get(k).and_then(Value::as_f64);
-        Ok(Row {
-            backend: text("backend").ok_or_else(|| bad("`backend` missing"))?,
-            mode: text("mode").ok_or_else(|| bad("`mode` missing"))?,
-            dtype: text("dtype").unwrap_or_else(|| "f32".into()),
-            batch: int("batch")?,
-            q_heads: int("q_heads")?,
-            kv_heads: int("kv_heads")?,
-            q_len: int("q_len")?,
-            kv_len: int("kv_len")?,
-            head_dim: int("head_dim")?,
-            requested_density: float("requested_density"),
-            density: float("density").unwrap_or(1.0),
-            median_ms: float("median_ms"),
-            wall_ms: float("wall_ms"),
-            gflops: float("gflops"),
-            gbps: float("gbps"),
-            peak_device_bytes: obj.get("peak_device_bytes").and_then(Value::as_u64),
-            timer: text("timer"),
-            reps: obj.get("reps").and_then(Value::as_u64).unwrap_or(0) as usize,
-            kernel: text("kernel").unwrap_or_default(),
-            device: text("device").unwrap_or_default(),
-            note: text("note").unwrap_or_default(),
-            detail: text("detail").unwrap_or_default(),
-            speedup_fused_vs_naive: float("speedup_fused_vs_naive"),
-            speedup_gpu_vs_cpu: float("speedup_gpu_vs_cpu"),
-            speedup_vs_dense: float("speedup_vs_dense"),
-        })
-    }
 }
 
 /// Run the sweep and write its outputs.
@@ -461,8 +429,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     );
 
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&Value::Array(rows.iter().map(Row::to_json).collect()))
-            .expect("rows serialise");
+        let text = serde_json::to_string_pretty(&rows).expect("rows serialise");
         write_file(path, &(text + "\n"))?;
     }
     if let Some(path) = &args.csv {
@@ -508,7 +475,19 @@ fn read_rows(path: &Path) -> Result<Vec<Row>, CliError> {
     let items = value
         .as_array()
         .ok_or_else(|| CliError::Usage(format!("{}: expected a JSON array of rows", path.display())))?;
-    items.iter().enumerate().map(|(i, v)| Row::from_json(v, path, i)).collect()
+    // row by row, so that an error names the row
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Row::deserialize(v).map_err(|e| {
+                CliError::Usage(format!(
+                    "{}: row {i}: {e} (expected the bench's JSON format)",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The axes, defaults and checks: every bad value is a usage error (exit 2) before any work.
@@ -1249,7 +1228,7 @@ fn csv(rows: &[Row]) -> String {
     };
     let mut out = KEYS.join(",") + "\n";
     for r in rows {
-        let obj: Map<String, Value> = match r.to_json() {
+        let obj = match serde_json::to_value(r).expect("rows serialise") {
             Value::Object(m) => m,
             _ => unreachable!("rows serialise to objects"),
         };
@@ -1257,4 +1236,70 @@ fn csv(rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keys_are_the_csv_columns() {
+        let row = Row { median_ms: Some(1.5), timer: Some("gpu".into()), ..Default::default() };
+        let Value::Object(obj) = serde_json::to_value(&row).expect("serialise") else { panic!("an object") };
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let mut columns = KEYS.to_vec();
+        keys.sort_unstable();
+        columns.sort_unstable();
+        assert_eq!(keys, columns);
+    }
+
+    #[test]
+    fn rows_round_trip_and_non_finite_numbers_are_null() {
+        let row = Row {
+            backend: "gpu-fused".into(),
+            mode: "topk".into(),
+            dtype: "f32".into(),
+            batch: 1,
+            q_heads: 8,
+            kv_heads: 2,
+            q_len: 1024,
+            kv_len: 2048,
+            head_dim: 64,
+            requested_density: Some(0.1),
+            density: 0.125,
+            median_ms: Some(2.5),
+            gflops: Some(f64::INFINITY),
+            peak_device_bytes: Some(1 << 20),
+            reps: 5,
+            kernel: "fused-tiled 32x32 +topk".into(),
+            note: "a \"quoted\" note".into(),
+            ..Default::default()
+        };
+        let text = serde_json::to_string_pretty(&[&row]).expect("serialise");
+        let value: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert!(value[0]["gflops"].is_null() && value[0]["wall_ms"].is_null(), "{text}");
+        let back: Vec<Row> = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back, [Row { gflops: None, ..row }]);
+    }
+
+    #[test]
+    fn peer_rows_may_leave_out_or_null_the_non_identity_keys() {
+        // what peers/burn writes: no wall_ms, timer, reps, device or detail; null numbers
+        let burn = r#"{"backend": "burn-wgpu", "mode": "dense", "dtype": "f32", "batch": 1,
+            "q_heads": 8, "kv_heads": 8, "q_len": 1024, "kv_len": 1024, "head_dim": 64,
+            "density": 1.0, "median_ms": null, "gflops": 3, "gbps": null,
+            "peak_device_bytes": null, "kernel": "burn 0.22.1 attention", "note": "failed: x",
+            "extra": [1, 2]}"#;
+        let row: Row = serde_json::from_str(burn).expect("a burn row");
+        assert_eq!((row.median_ms, row.gflops, row.reps), (None, Some(3.0), 0));
+        assert_eq!((row.note.as_str(), row.timer.as_deref(), row.device.as_str()), ("failed: x", None, ""));
+        // the identity keys alone; null text and density
+        let bare = r#"{"backend": "x", "mode": "causal", "batch": 2, "q_heads": 1, "kv_heads": 1,
+            "q_len": 16, "kv_len": 32, "head_dim": 8, "dtype": null, "density": null, "note": null}"#;
+        let row: Row = serde_json::from_str(bare).expect("a bare row");
+        assert_eq!((row.dtype.as_str(), row.density, row.note.as_str()), ("f32", 1.0, ""));
+        // an identity key missing is an error that names it
+        let err = serde_json::from_str::<Row>(r#"{"backend": "x", "mode": "dense"}"#).unwrap_err();
+        assert!(err.to_string().contains("batch"), "{err}");
+    }
 }
