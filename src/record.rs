@@ -233,6 +233,7 @@ impl<'c> Recorder<'c> {
 /// Recorded work handed to the GPU.
 pub struct Submission<'c> {
     ctx: &'c Context,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // waited for on native targets only
     index: wgpu::SubmissionIndex,
     calls: Vec<CallInfo>,
     timers: Vec<(usize, wgpu::Buffer)>,

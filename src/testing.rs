@@ -8,6 +8,7 @@ use crate::attention::{Attention, HostTensor, Layout, Shape};
 use crate::context::Context;
 use crate::cpu::reference;
 use crate::error::Result;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::kernels::flash::forward_into;
 use crate::record::CallInfo;
 use crate::tensor::Tensor;
@@ -154,6 +155,7 @@ pub fn output_close(rel: f64, max_abs: f64, rel_tol: f64) -> bool {
 }
 
 /// Run `case` on the GPU with NaN-poisoned outputs and compare with the f64 oracle.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_case(ctx: &Context, case: &Case, seed: u64) -> Result<Errors> {
     run_case_with(ctx, case, seed, forward_into)
 }
@@ -165,6 +167,7 @@ pub type ForwardInto =
 
 /// [`run_case`] through `forward`: inputs of `seed`, O and LSE poisoned with NaN before the run
 /// (so an unwritten element fails), errors against the f64 oracle.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_case_with(ctx: &Context, case: &Case, seed: u64, forward: ForwardInto) -> Result<Errors> {
     let (q, k, v) = case.inputs(seed);
     let want = reference::attention(&q, &k, &v, &case.attn)?;

@@ -20,14 +20,20 @@
 //! `wgattn tune` fills the cache ahead of time.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use crate::attention::{Attention, Causal, Layout, Shape};
+use crate::attention::Attention;
 use crate::context::Context;
 use crate::error::Result;
-use crate::kernels::flash::{default_family, forward, Family, TileConfig};
-use crate::mask::Mask;
-use crate::tensor::Tensor;
+use crate::kernels::flash::{default_family, Family};
+// what measuring needs (native targets: it waits for the GPU)
+#[cfg(not(target_arch = "wasm32"))]
+use {
+    crate::attention::{Causal, Layout, Shape},
+    crate::kernels::flash::{forward, TileConfig},
+    crate::mask::Mask,
+    crate::tensor::Tensor,
+    std::time::Instant,
+};
 
 /// The wgpu release the kernels are built against (part of the tuning key).
 pub const WGPU_VERSION: &str = "30";
