@@ -21,18 +21,40 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! The stable surface is what this page lists at the top level and the modules `attention`,
+//! `context`, `cpu`, `dtype`, `error`, `mask`, `record` and `tensor`. The `unstable` feature (on
+//! with the default `cli` feature) also makes public, outside semver, the kernel modules
+//! (`kernels`: launches, tiles, plans), the WGSL template step (`shader`), the tuner (`tune`) and
+//! the test helpers (`testing`) that the CLI and the test suite are built on.
+#![cfg_attr(not(feature = "unstable"), allow(dead_code, unused_imports))]
+
 pub mod attention;
 pub mod context;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
-pub mod kernels;
 pub mod mask;
 pub mod record;
-pub mod shader;
 pub mod tensor;
-pub mod testing;
-pub mod tune;
+
+/// Internals, public with the `unstable` feature (outside semver).
+macro_rules! unstable_mod {
+    ($($(#[$m:meta])* $name:ident;)*) => {$(
+        $(#[$m])*
+        #[cfg(feature = "unstable")]
+        pub mod $name;
+        $(#[$m])*
+        #[cfg(not(feature = "unstable"))]
+        pub(crate) mod $name;
+    )*};
+}
+unstable_mod! {
+    kernels;
+    shader;
+    testing;
+    tune;
+}
 
 /// The README's examples run as doc tests.
 #[doc = include_str!("../README.md")]
@@ -43,7 +65,7 @@ pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, 
 pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use kernels::flash::{forward, forward_into, Family, TileConfig};
+pub use kernels::flash::{forward, forward_into, Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
 pub use record::{CallInfo, Output, Recorder, Submission};
 pub use tensor::Tensor;
