@@ -25,6 +25,9 @@ const MASKED_CUT: f32 = -1.0e29;
 // A table entry without a bitmap is a full block.
 const NO_BITS: u32 = 0xffffffffu;
 
+// soft_cap, alibi_bias, causal_offset, key_visible: the score terms every kernel shares
+// @include score_terms.wgsl
+
 struct Params {
     q_len: u32,
     kv_len: u32,
@@ -167,10 +170,7 @@ fn tile_of(wid: u32, bq: u32, bk: u32) -> Tile {
     t.batch = params.batch0 + pair / params.kv_heads;
     t.p0 = q_tile_idx * bq;
     t.kv_len_b = aux[t.batch];
-    t.offset = 0;
-    if (params.causal == 2u) {
-        t.offset = i32(t.kv_len_b) - i32(params.q_len);
-    }
+    t.offset = causal_offset(params.causal, t.kv_len_b, params.q_len);
     let q_len = params.q_len;
     let rph = params.rows_per_head;
     let packed_rows = params.group * rph;
@@ -309,10 +309,10 @@ fn tile_needs_mask(t: Tile, k0: u32, bits_at: u32, bk: u32) -> bool {
 fn score(t: Tile, row: Row, dot: f32, key: u32) -> f32 {
     var s = dot;
 // @if SOFTCAP
-    s = params.softcap * tanh(s / params.softcap) * LOG2E;
+    s = soft_cap(s, params.softcap) * LOG2E;
 // @endif
 // @if ALIBI
-    s -= row.slope * abs(f32(i32(row.i) + i32(t.kv_len_b) - i32(params.q_len) - i32(key)));
+    s -= alibi_bias(row.slope, row.i, key, t.kv_len_b, params.q_len);
 // @endif
     return s;
 }
@@ -321,7 +321,7 @@ fn score(t: Tile, row: Row, dot: f32, key: u32) -> f32 {
 // bitmap (`bits_at`, or NO_BITS). Branch-free but for the bitmap: CPU adapters (llvmpipe) run
 // both sides of every `if` under a lane mask, so an `if` saves nothing there.
 fn visible(t: Tile, row: Row, key: u32, bits_at: u32) -> bool {
-    var vis = (key < t.kv_len_b) & ((params.causal == 0u) | (i32(key) <= i32(row.i) + t.offset));
+    var vis = key_visible(row.i, key, t.kv_len_b, params.causal, t.offset);
 // @if BITS
     if (bits_at != NO_BITS) {
         let col = key % params.block_size;

@@ -1,8 +1,9 @@
 // naive.wgsl: the textbook, unfused attention forward in three passes, the baseline that shows what
 // fusion buys: S = scale·Q·Kᵀ is written to memory, softmax turns it into P in place, O = P·V.
-// Scores are formed as in the oracle: s = scale·q·k; with a soft cap s = cap·tanh(s/cap); with
-// ALiBi s −= slope[h]·|i + L − Nq − j| (L the batch's key length); masked keys (j ≥ L, causal) get
-// MASKED. A row with no visible key gets P = 0, so O = 0, and LSE = −∞.
+// Scores are formed as in the oracle, with the fused kernels' terms (score_terms.wgsl, included):
+// s = scale·q·k; with a soft cap s = cap·tanh(s/cap); with ALiBi s −= slope[h]·|i + L − Nq − j|
+// (L the batch's key length); masked keys (j ≥ L, causal) get MASKED. A row with no visible key
+// gets P = 0, so O = 0, and LSE = −∞.
 //
 // Tensor layout (f32; element strides of Q, K, V, O come in `params`, the head-dim stride is 1):
 //   Q, O  [B, Hq, Nq, D]        K, V  [B, Hkv, Nk, D]  (query head h reads K/V head h / G, no copies)
@@ -46,6 +47,9 @@ const KC: u32 = 32u;         // keys per pv chunk
 const RPI: u32 = 4u;         // pv: query rows per invocation
 const MASKED: f32 = -1.0e30;
 const MASKED_CUT: f32 = -1.0e29;
+
+// soft_cap, alibi_bias, causal_offset, key_visible: the score terms every kernel shares
+// @include score_terms.wgsl
 
 struct Params {
     rows: u32,             // B·Hq·Nq (rows of S)
@@ -203,6 +207,7 @@ fn scores(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_ind
         return;
     }
     let kv_len_b = aux[b];
+    let offset = causal_offset(params.causal, kv_len_b, q_len);
     var slope = 0.0;
     if (params.use_alibi != 0u) {
         slope = bitcast<f32>(aux[params.alibi_offset + h]);
@@ -211,20 +216,15 @@ fn scores(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_ind
     for (var r = 0u; r < 16u; r++) {   // SQ
         let i = i0 + r;
         if (i < q_len) {
+            // the score terms of score_terms.wgsl, as the fused kernels form them
             var s = params.scale * acc[r];
             if (params.use_softcap != 0u) {
-                s = params.softcap * tanh(s / params.softcap);
+                s = soft_cap(s, params.softcap);
             }
-            let pos = i32(i) + i32(kv_len_b) - i32(q_len);   // the query's bottom-right aligned key position
             if (params.use_alibi != 0u) {
-                s -= slope * abs(f32(pos - i32(j)));
+                s -= alibi_bias(slope, i, j, kv_len_b, q_len);
             }
-            var visible = j < kv_len_b;
-            if (params.causal == 1u) {
-                visible = visible && j <= i;
-            } else if (params.causal == 2u) {
-                visible = visible && i32(j) <= pos;
-            }
+            let visible = key_visible(i, j, kv_len_b, params.causal, offset);
             s_out[(bh * q_len + i) * kv_len + j] = select(MASKED, s, visible);
         }
     }

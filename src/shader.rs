@@ -6,7 +6,9 @@
 //!    `const`.
 //! 2. A loop written `for (var i = 0u; i < BOUND; i++) {` on the line after a `// @unroll` comment is
 //!    replaced by BOUND copies of its body, each in its own block opening with `const i = <k>u;`.
-//! 3. A line `// @include NAME` is replaced by the crate's WGSL file NAME (shared code of a family).
+//! 3. A line `// @include NAME` is replaced by the crate's WGSL file NAME (shared code of a family),
+//!    whose own `@include`s are resolved in turn; each file is included once (later lines naming
+//!    it again are dropped), so shared files may include shared files.
 //! 4. Lines between `// @if NAME` and `// @else` / `// @endif` stay when the @param NAME is non-zero
 //!    (e.g. subgroup builtins, which adapters without subgroups must never see).
 //!
@@ -28,26 +30,38 @@ pub const FILES: &[(&str, &str)] = &[
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
     ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
     ("naive.wgsl", include_str!("../shaders/naive.wgsl")),
+    ("score_terms.wgsl", include_str!("../shaders/score_terms.wgsl")),
     ("topk.wgsl", include_str!("../shaders/topk.wgsl")),
 ];
 
-/// `source` with every `// @include NAME` line replaced by the file NAME (one level deep).
+/// `source` with every `// @include NAME` line replaced by the file NAME, its own includes
+/// resolved in turn; a file is included once (a later `@include` of it is dropped).
 pub fn resolve_includes(name: &str, source: &str) -> Result<String> {
     let mut out = String::with_capacity(source.len());
+    include_into(name, source, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+/// [`resolve_includes`] appending to `out`; `seen`: the files included so far.
+fn include_into(name: &str, source: &str, seen: &mut Vec<&'static str>, out: &mut String) -> Result<()> {
     for line in source.lines() {
         match line.trim().strip_prefix("// @include ") {
             Some(file) => {
-                let text =
-                    FILES.iter().find(|(n, _)| *n == file.trim()).map(|(_, t)| *t).ok_or_else(|| {
-                        Error::Shader { name: name.to_string(), message: format!("unknown include `{file}`") }
-                    })?;
-                out.push_str(text);
+                let (file, text) = FILES.iter().find(|(n, _)| *n == file.trim()).ok_or_else(|| {
+                    Error::Shader { name: name.to_string(), message: format!("unknown include `{file}`") }
+                })?;
+                if !seen.contains(file) {
+                    seen.push(file);
+                    include_into(name, text, seen, out)?;
+                }
             }
-            None => out.push_str(line),
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
-        out.push('\n');
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Specialise `source` (named `name` in errors) with `params`, unroll, and validate with naga.
@@ -263,6 +277,17 @@ mod tests {
         assert_eq!(out.matches("const i = ").count(), 4);
         assert_eq!(out.matches("const j = ").count(), 12);
         assert!(!out.contains("for ("));
+    }
+
+    #[test]
+    fn nested_includes_resolve_once() {
+        // attention_common.wgsl includes score_terms.wgsl; naming it again adds nothing
+        let src = "// @include attention_common.wgsl\n// @include score_terms.wgsl\n";
+        let out = resolve_includes("t", src).unwrap();
+        assert_eq!(out.matches("fn soft_cap(").count(), 1);
+        assert_eq!(out.matches("struct Params {").count(), 1);
+        assert!(!out.lines().any(|l| l.trim().starts_with("// @include ")));
+        assert!(matches!(resolve_includes("t", "// @include nope.wgsl\n"), Err(Error::Shader { .. })));
     }
 
     #[test]
