@@ -16,6 +16,11 @@
 // p ∈ [0, G·R) is query i = p mod R of head h = kv_head·G + p / R, so a K/V tile loaded once
 // serves every query head of its GQA group. R (rows_per_head) is Nq when short queries are packed
 // across heads, else Nq rounded up to BQ so that no tile straddles two heads (rows i ≥ Nq idle).
+// Tiling and workgroup size are the including kernel's (tile_of and key_tile take BQ and BK):
+//   flash_forward.wgsl   BQ rows × BK-key tiles in workgroup memory, BQ·TPR invocations
+//   flash_register.wgsl  BQ = WG·R rows in registers, KB-key blocks, WG invocations (8 or 16)
+// Workgroups are numbered linearly (wg_offset + x + y·grid_x) over a 1D or 2D grid: one per
+// (batch, kv head, query tile, split) of the dispatch's chunk.
 
 const LOG2E: f32 = 1.4426950408889634;
 const LN2: f32 = 0.6931471805599453;

@@ -4,8 +4,10 @@
 //
 // Layout (f32): partial O [rows, n_splits, D] and partial LSE [rows, n_splits], rows in
 // (batch, kv head, packed row p = (h − kv_head·G)·Nq + i) order of the chunk; final O by strides like Q's, LSE [B, Hq, Nq].
-// One invocation per (row, d) element; workgroup size 64; the invocation with d = 0 also
-// writes the row's LSE. The only loop runs over n_splits (bounded by the host).
+// Tiling: none (no workgroup memory): one invocation per (row, d) element, by linear id
+// (wg_offset + x + y·grid_x)·64 + local index over a 1D or 2D grid; workgroup size 64; the
+// invocation with d = 0 also writes the row's LSE. The only loop runs over n_splits (bounded by
+// the host).
 
 struct Params {
     rows: u32,           // partial rows in this chunk

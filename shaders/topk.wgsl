@@ -2,19 +2,27 @@
 // key blocks each query block attends to, and writes the block table the fused kernel walks
 // (flash_forward.wgsl), all on the device.
 //
-// Three entry points, run in order:
+// Four entry points, run in order:
 //   pool_q / pool_k  mean of each block of S query / key rows: one invocation per (row block, d);
 //                    pooled Q [B, Hq, NQB, D] then pooled K [B, Hkv, NKB, D] in `pooled`.
 //                    Key blocks pool only keys below the batch's key length.
 //   score            s[b, h, qb, kb] = scale · pooled_q · pooled_k: one invocation per score.
-//   select           one invocation per (b, h, qb): keeps the local block (the key block holding
+//   select_blocks    one invocation per (b, h, qb): keeps the local block (the key block holding
 //                    the query block's last aligned position), the sink block 0 if asked, and the
 //                    best remaining blocks by (score descending, block index ascending) up to k;
 //                    only eligible blocks (below the key length, and for causal masks not wholly
 //                    after the block's last query) are kept. Writes (first entry, count) and the
 //                    entries (key block, NO_BITS: full), ascending, into `aux`.
-// Q, K layouts by element strides as in flash_forward.wgsl. Workgroup size 64. Loops: pool ≤ S,
-// score ≤ D, select 2·NKB iterations per invocation; the top list (K_MAX) is unrolled.
+// Tensor layout (f32; element strides of Q and K come in `params`, the head-dim stride is 1):
+//   Q  [B, Hq, Nq, D]     K  [B, Hkv, Nk, D]     (as in attention_common.wgsl)
+//   pooled  [pooled Q: B, Hq, NQB, D | pooled K from pooled_k_offset: B, Hkv, NKB, D]
+//   scores  [B, Hq, NQB, NKB]
+//   aux  u32 [kv_lens (B) | … | lists: (first entry, count) per (b, h, qb) from lists_offset |
+//        entries: (key block, NO_BITS), k + 2 per list, from entries_offset] (see src/kernels/topk.rs)
+// Tiling: none (no workgroup memory); each entry point maps one invocation to one output element
+// or list, by linear id (workgroup x + y·grid_x)·64 + local index over a 1D or 2D grid.
+// Workgroup size 64. Loops: pool ≤ S, score ≤ D, select 2·NKB iterations per invocation; the
+// top list (K_MAX) is unrolled.
 
 const K_MAX: u32 = 32u; // @param the largest k (top list length, unrolled)
 

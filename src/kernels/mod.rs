@@ -7,6 +7,8 @@ pub mod flash;
 pub(crate) mod merge;
 pub mod naive;
 pub mod topk;
+#[cfg(test)]
+mod uniform_layout;
 
 use crate::attention::{Attention, Causal};
 use crate::context::Context;
