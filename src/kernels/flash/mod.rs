@@ -13,5 +13,7 @@ pub mod tiles;
 
 pub use launch::{encode, forward, forward_into};
 pub(crate) use launch::{encode_valid, Io};
+#[cfg(test)]
+pub(crate) use launch::ForwardParams;
 pub use plan::{plan, Chunk, Plan, MAX_KEYS_PER_SPLIT};
 pub use tiles::{default_family, Family, TileConfig, Variant, FAMILIES};
