@@ -116,6 +116,28 @@ pub(crate) fn whole_binding<'a>(ctx: &Context, t: &'a Tensor) -> Result<wgpu::Bi
     }))
 }
 
+/// The checks every launch makes of a call's tensors: all on `ctx`, f32, O of Q's shape, LSE a
+/// contiguous `[B, Hq, Nq, 1]`.
+pub(crate) fn check_tensors(ctx: &Context, p: &crate::attention::Problem, inputs: [&Tensor; 3], o: &Tensor, lse: &Tensor) -> Result<()> {
+    for t in inputs.into_iter().chain([o, lse]) {
+        t.check_context(ctx)?;
+        if t.dtype != DType::F32 {
+            return Err(Error::UnsupportedFeature { feature: "f16/bf16 tensors", hint: "use f32 tensors" });
+        }
+    }
+    if o.shape != p.q_shape() {
+        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", o.shape, p.q_shape())));
+    }
+    let lse_shape = crate::attention::Shape::new(p.batch, p.q_heads, p.q_len, 1);
+    if lse.shape != lse_shape {
+        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", lse.shape)));
+    }
+    if lse.strides != crate::attention::Layout::Bhsd.strides(lse_shape) {
+        return Err(Error::ShapeMismatch("LSE must be contiguous [B, Hq, Nq, 1]".into()));
+    }
+    Ok(())
+}
+
 /// Element strides (batch, head, seq, 0) of a tensor as the kernels' uniforms take them.
 pub(crate) fn strides4(t: &Tensor) -> [u32; 4] {
     let [b, h, s] = t.strides;

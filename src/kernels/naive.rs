@@ -19,8 +19,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{causal_code, dispatch_all, entry_pipeline, strides4, whole_binding};
-use crate::attention::{Attention, Problem, Shape};
+use super::{causal_code, check_tensors, dispatch_all, entry_pipeline, strides4, whole_binding};
+use crate::attention::{Attention, Problem};
 use crate::context::Context;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -270,15 +270,7 @@ fn encode_valid(
     (o, lse): (&Tensor, &Tensor),
 ) -> Result<CallInfo> {
     let p = *p;
-    o.check_context(ctx)?;
-    lse.check_context(ctx)?;
-    if o.shape != p.q_shape() {
-        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", o.shape, p.q_shape())));
-    }
-    let lse_shape = Shape::new(p.batch, p.q_heads, p.q_len, 1);
-    if lse.shape != lse_shape {
-        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", lse.shape)));
-    }
+    check_tensors(ctx, &p, [q, k, v], o, lse)?;
     let bindings = [q, k, v, o, lse].map(|t| whole_binding(ctx, t));
     let [qb, kb, vb, ob, lb] = bindings;
     let (qb, kb, vb, ob, lb) = (qb?, kb?, vb?, ob?, lb?);

@@ -12,7 +12,7 @@ use crate::dtype::{word_bytes, DType};
 use crate::error::{Error, Result};
 use crate::kernels::merge::{self, MergeBuffers, MergeParams};
 use crate::kernels::topk;
-use crate::kernels::{causal_code, dispatch_all, pipeline, strides4, Window};
+use crate::kernels::{causal_code, check_tensors, dispatch_all, pipeline, strides4, Window};
 use crate::mask::BlockMask;
 use crate::record::{outputs, submit_one, CallInfo, Output};
 use crate::tensor::{check_buffer_size, Tensor};
@@ -133,27 +133,12 @@ pub(crate) fn encode_valid(
     attn: &Attention,
 ) -> Result<CallInfo> {
     let Io { q, k, v, o, lse } = io;
-    for t in [q, k, v, o, lse] {
-        t.check_context(ctx)?;
-        if t.dtype != DType::F32 {
-            return Err(Error::UnsupportedFeature { feature: "f16/bf16 tensors", hint: "use f32 tensors" });
-        }
-    }
+    check_tensors(ctx, p, [q, k, v], o, lse)?;
     if k.strides != v.strides {
         return Err(Error::ShapeMismatch(format!(
             "K has strides {:?} but V {:?}: they must agree",
             k.strides, v.strides
         )));
-    }
-    if o.shape != p.q_shape() {
-        return Err(Error::ShapeMismatch(format!("O is {} but Q is {}", o.shape, p.q_shape())));
-    }
-    let lse_shape = crate::attention::Shape::new(p.batch, p.q_heads, p.q_len, 1);
-    if lse.shape != lse_shape {
-        return Err(Error::ShapeMismatch(format!("LSE is {} but must be {lse_shape}", lse.shape)));
-    }
-    if lse.strides != crate::attention::Layout::Bhsd.strides(lse_shape) {
-        return Err(Error::ShapeMismatch("LSE must be contiguous [B, Hq, Nq, 1]".into()));
     }
     // a mask is lowered to a block table (a prebuilt one is used as it is)
     let built;
