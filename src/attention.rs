@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::mask::{BlockMask, Dims, Mask, TopK, BLOCK_SIZES};
+pub use crate::tensor::HostTensor;
 
 /// The largest head dimension the kernels support.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -375,36 +376,6 @@ impl Problem {
     /// FLOPs of the dense forward: 4·B·Hq·Nq·Nk·D.
     pub fn dense_flops(&self) -> f64 {
         4.0 * (self.batch * self.q_heads * self.q_len * self.kv_len * self.head_dim) as f64
-    }
-}
-
-/// Host-side tensor: data in `layout` order with logical `shape`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostTensor {
-    /// Elements in `layout` order.
-    pub data: Vec<f32>,
-    /// Logical shape `[B, H, S, D]`.
-    pub shape: Shape,
-    /// Memory order of `data`.
-    pub layout: Layout,
-}
-
-impl HostTensor {
-    /// Wrap `data`; fails when its length is not `shape.len()`.
-    pub fn new(data: Vec<f32>, shape: Shape, layout: Layout) -> Result<Self> {
-        if data.len() != shape.len() {
-            return Err(Error::ShapeMismatch(format!(
-                "{} elements given for shape {shape} ({} expected)",
-                data.len(),
-                shape.len()
-            )));
-        }
-        Ok(Self { data, shape, layout })
-    }
-
-    /// Element (b, h, s, d).
-    pub fn at(&self, b: usize, h: usize, s: usize, d: usize) -> f32 {
-        self.data[self.layout.offset(self.shape, b, h, s, d)]
     }
 }
 

@@ -179,6 +179,7 @@ fn cpu_has_avx512() -> bool {
 }
 
 /// What the library knows about the adapter it runs on.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
     /// wgpu's adapter information (name, backend, driver, ...).
@@ -198,10 +199,33 @@ pub struct Context {
     options: ContextOptions,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     lost: Arc<Mutex<Option<String>>>,
-    uncaptured: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<Uncaptured>>>,
     allocated: AtomicU64,
     /// The tuner's choices of this context (`crate::tune` owns their meaning).
     pub(crate) tuned: Mutex<HashMap<crate::tune::TuneKey, Family>>,
+}
+
+/// An error reported outside an error scope, as the device's handler keeps it: the error itself
+/// where wgpu's errors are `Send` (native), its message on the web.
+#[cfg(not(target_arch = "wasm32"))]
+type Uncaptured = wgpu::Error;
+#[cfg(not(target_arch = "wasm32"))]
+fn keep_uncaptured(e: wgpu::Error) -> Uncaptured {
+    e
+}
+#[cfg(not(target_arch = "wasm32"))]
+fn reported(e: Uncaptured) -> wgpu::Error {
+    e
+}
+#[cfg(target_arch = "wasm32")]
+type Uncaptured = String;
+#[cfg(target_arch = "wasm32")]
+fn keep_uncaptured(e: wgpu::Error) -> Uncaptured {
+    e.to_string()
+}
+#[cfg(target_arch = "wasm32")]
+fn reported(description: Uncaptured) -> wgpu::Error {
+    wgpu::Error::Validation { source: Box::new(std::io::Error::other(description.clone())), description }
 }
 
 /// What identifies a compiled pipeline: the shader file, its entry point and the template
@@ -322,7 +346,7 @@ impl Context {
         let uncaptured_cb = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             log::error!("uncaptured wgpu error: {e}");
-            *uncaptured_cb.lock().unwrap() = Some(e.to_string());
+            *uncaptured_cb.lock().unwrap() = Some(keep_uncaptured(e));
         }));
         Ok(Self {
             id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -399,7 +423,7 @@ impl Context {
             return Err(Error::DeviceLost(reason));
         }
         if let Some(e) = self.uncaptured.lock().unwrap().take() {
-            return Err(Error::Gpu(e));
+            return Err(Error::Gpu(reported(e)));
         }
         Ok(())
     }
@@ -427,7 +451,7 @@ impl Context {
         let (out, scopes) = self.in_scopes(f);
         for scope in scopes {
             match ready_now(scope) {
-                Some(Some(e)) => return Err(Error::Gpu(e.to_string())),
+                Some(Some(e)) => return Err(Error::Gpu(e)),
                 Some(None) => {}
                 None => log::debug!("an error scope resolves later; errors are reported then"),
             }
@@ -456,7 +480,7 @@ impl Context {
     pub(crate) fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
-            .map_err(|e| Error::Gpu(e.to_string()))?;
+            .map_err(Error::Poll)?;
         self.check_alive()
     }
 
@@ -501,11 +525,16 @@ pub(crate) fn map_read(staging: wgpu::Buffer) -> impl Future<Output = Result<Vec
     async move {
         match receiver.receive().await {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::ReadBack(e.to_string())),
-            None => return Err(Error::ReadBack("the map callback was dropped".into())),
+            Some(Err(e)) => {
+                return Err(Error::ReadBack { what: "mapping the staging buffer", source: Some(Box::new(e)) })
+            }
+            None => return Err(Error::ReadBack { what: "the map callback was dropped", source: None }),
         }
-        let bytes =
-            staging.slice(..).get_mapped_range().map_err(|e| Error::ReadBack(e.to_string()))?.to_vec();
+        let bytes = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::ReadBack { what: "the mapped range", source: Some(Box::new(e)) })?
+            .to_vec();
         staging.unmap();
         Ok(bytes)
     }

@@ -58,16 +58,24 @@ pub enum Error {
     /// A tensor was created on another context.
     #[error("tensor belongs to another context")]
     ForeignTensor,
-    /// wgpu reported a validation or out-of-memory error (its message: wgpu's error type is not
-    /// `Sync`, so it is not kept as the source).
+    /// wgpu reported a validation, out-of-memory or internal error (kept as the source).
     #[error("GPU error: {0}")]
-    Gpu(String),
+    Gpu(#[source] wgpu::Error),
+    /// Waiting for the GPU failed (a timeout or a lost device while polling).
+    #[error("waiting for the GPU failed: {0}")]
+    Poll(#[source] wgpu::PollError),
     /// The device was lost (driver reset, GPU removed).
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
     /// Reading a buffer back failed.
-    #[error("reading back from the GPU failed: {0}")]
-    ReadBack(String),
+    #[error("reading back from the GPU failed: {what}")]
+    ReadBack {
+        /// What failed.
+        what: &'static str,
+        /// wgpu's error, where it gave one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A shader failed to parse or validate (a bug in the crate: please report it).
     #[error("shader {name} is invalid: {message}")]
     Shader {

@@ -3,13 +3,15 @@
 //! bigger buffer, a KV cache, a page pool); calls take and return `Tensor`s, so a caller chains
 //! attention calls without host round trips. `upload`, `fill` and `to_host` are the only copies.
 //!
+//! [`HostTensor`], its host-side counterpart, holds data in BHSD or BSHD order.
+//!
 //! Strides are in elements for the batch, head and sequence axes; the head dim is always
 //! contiguous (stride 1), as every kernel reads whole head-dim rows.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::attention::{HostTensor, Layout, Shape};
+use crate::attention::{Layout, Shape};
 use crate::context::Context;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -303,4 +305,34 @@ pub(crate) fn check_buffer_size(ctx: &Context, what: &str, bytes: u64) -> Result
         });
     }
     Ok(())
+}
+
+/// Host-side tensor: data in `layout` order with logical `shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Elements in `layout` order.
+    pub data: Vec<f32>,
+    /// Logical shape `[B, H, S, D]`.
+    pub shape: Shape,
+    /// Memory order of `data`.
+    pub layout: Layout,
+}
+
+impl HostTensor {
+    /// Wrap `data`; fails when its length is not `shape.len()`.
+    pub fn new(data: Vec<f32>, shape: Shape, layout: Layout) -> Result<Self> {
+        if data.len() != shape.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "{} elements given for shape {shape} ({} expected)",
+                data.len(),
+                shape.len()
+            )));
+        }
+        Ok(Self { data, shape, layout })
+    }
+
+    /// Element (b, h, s, d).
+    pub fn at(&self, b: usize, h: usize, s: usize, d: usize) -> f32 {
+        self.data[self.layout.offset(self.shape, b, h, s, d)]
+    }
 }
