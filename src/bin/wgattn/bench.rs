@@ -40,7 +40,7 @@ use wgpu_attention::kernels::{flash, naive};
 use wgpu_attention::mask::{Dims, TOPK_MAX};
 use wgpu_attention::testing::Case;
 use wgpu_attention::{
-    Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, Error, HostTensor, Mask, Output,
+    Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, DType, Error, HostTensor, Mask, Output,
     Problem, Tensor, MAX_HEAD_DIM,
 };
 
@@ -150,7 +150,7 @@ impl Dimset {
         let q = (self.batch * self.q_heads * self.q_len * self.head_dim) as f64;
         let kv = (self.batch * self.kv_heads * self.kv_len * self.head_dim) as f64;
         let lse = (self.batch * self.q_heads * self.q_len) as f64;
-        4.0 * (2.0 * q + 2.0 * kv + lse)
+        DType::F32.bytes(1) as f64 * (2.0 * q + 2.0 * kv + lse)
     }
     fn problem(&self) -> Problem {
         Problem {
@@ -799,8 +799,9 @@ impl Runner {
             self.shapes.remove(0);
         }
         let case = dims.case();
-        let bytes =
-            4 * (case.q_heads * case.q_len + 2 * case.kv_heads * case.kv_len) * dims.head_dim * dims.batch;
+        let elements =
+            (case.q_heads * case.q_len + 2 * case.kv_heads * case.kv_len) * dims.head_dim * dims.batch;
+        let bytes = DType::F32.bytes(elements as u64) as usize;
         let sets = if bytes <= THREE_SETS_BYTES { 3 } else { 2 };
         let host =
             (0..sets as u64).map(|s| case.inputs(self.seed.wrapping_mul(1000).wrapping_add(s))).collect();

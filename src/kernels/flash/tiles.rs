@@ -225,8 +225,9 @@ impl TileConfig {
     pub fn workgroup_bytes(&self) -> u32 {
         match self.family {
             Family::Tiled => {
-                let dv = self.d_pad / 4;
-                (self.bq * dv + self.bk * dv) * 16 + 2 * self.bq * self.bk * 4
+                // Q and K/V tiles of d_pad elements a row, S and P of bq × bk
+                let elements = (self.bq + self.bk) * self.d_pad + 2 * self.bq * self.bk;
+                crate::dtype::DType::F32.bytes(elements as u64) as u32
             }
             Family::Register { .. } => 0,
         }
