@@ -237,13 +237,6 @@ pub(crate) struct PipelineKey {
     pub params: Params,
 }
 
-/// An error scope popped but not yet resolved (on the web scopes resolve asynchronously).
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>> + Send>>;
-/// An error scope popped but not yet resolved (on the web scopes resolve asynchronously).
-#[cfg(target_arch = "wasm32")]
-pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
-
 /// Poll `f` once without blocking: its output if it is already ready.
 pub(crate) fn ready_now<F: Future>(f: F) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
@@ -448,25 +441,19 @@ impl Context {
     /// scopes resolve asynchronously (the web) an error is logged when it arrives instead.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         self.check_alive()?;
-        let (out, scopes) = self.in_scopes(f);
-        for scope in scopes {
-            match ready_now(scope) {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        // innermost first: scopes pop in the order they were pushed, reversed
+        let (v, m) = (validation.pop(), oom.pop());
+        for scope in [ready_now(v), ready_now(m)] {
+            match scope {
                 Some(Some(e)) => return Err(Error::Gpu(e)),
                 Some(None) => {}
                 None => log::debug!("an error scope resolves later; errors are reported then"),
             }
         }
         Ok(out)
-    }
-
-    /// `f` inside validation and out-of-memory scopes, and the two popped scopes (innermost first).
-    pub(crate) fn in_scopes<T>(&self, f: impl FnOnce() -> T) -> (T, [ScopeFuture; 2]) {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let out = f();
-        let v: ScopeFuture = Box::pin(validation.pop());
-        let m: ScopeFuture = Box::pin(oom.pop());
-        (out, [v, m])
     }
 
     /// Submit `encoder` (one error scope pair around finishing and submitting it).
@@ -492,14 +479,15 @@ impl Context {
     }
 
     /// Copy `size` bytes of `buffer` (which needs `COPY_SRC`) from `offset` to a staging buffer
-    /// now; the future resolves to them once the copy finished and the staging buffer is mapped
-    /// (on native targets after a device poll). Offset and size are multiples of 4.
+    /// now: the copy's submission, and a future that resolves to the bytes once the copy finished
+    /// and the staging buffer is mapped (on native targets after a device poll, e.g. waiting for
+    /// that submission). Offset and size are multiples of 4.
     pub(crate) fn read_async(
         &self,
         buffer: &wgpu::Buffer,
         offset: u64,
         size: u64,
-    ) -> Result<impl Future<Output = Result<Vec<u8>>> + 'static> {
+    ) -> Result<(wgpu::SubmissionIndex, impl Future<Output = Result<Vec<u8>>> + 'static)> {
         let staging = self.scoped(|| {
             self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("read-back staging"),
@@ -510,8 +498,8 @@ impl Context {
         })?;
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-        self.submit(encoder)?;
-        Ok(map_read(staging))
+        let index = self.submit(encoder)?;
+        Ok((index, map_read(staging)))
     }
 }
 

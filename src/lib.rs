@@ -65,9 +65,9 @@ pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, 
 pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use kernels::flash::{forward, forward_into, Family, TileConfig, MAX_KEYS_PER_SPLIT};
+pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
-pub use record::{CallInfo, Output, Recorder, Submission};
+pub use record::{forward, forward_into, CallInfo, Output, Recorder, Submission};
 pub use tensor::Tensor;
 
 /// One-call convenience: upload Q, K, V, run the fused forward on the GPU, read O and LSE back

@@ -26,7 +26,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::attention::{Attention, Layout, Shape};
+use crate::attention::{Attention, Layout, Problem, Shape};
 use crate::context::{map_read, Context};
 use crate::error::Result;
 use crate::kernels::flash::{self, Io, TileConfig};
@@ -81,33 +81,44 @@ pub(crate) fn outputs(ctx: &Context, q: &Tensor) -> Result<(Tensor, Tensor)> {
     ))
 }
 
-/// A call recorder: records one call into an encoder, in one compute pass that takes the
-/// timestamp writes it is given.
-pub(crate) trait Encode:
-    FnOnce(&Context, &mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<CallInfo>
-{
-}
-impl<F> Encode for F where
-    F: FnOnce(
-        &Context,
-        &mut wgpu::CommandEncoder,
-        Option<wgpu::ComputePassTimestampWrites<'_>>,
-    ) -> Result<CallInfo>
-{
+/// Attention forward on device tensors: O (in Q's layout) and LSE, freshly allocated. One
+/// recorded call, submitted without waiting (reading an output back waits for it); with GPU
+/// timing on (native targets) it waits, so that the output carries its GPU time.
+pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
+    let (mut out, info) = submit_one(ctx, |rec| rec.forward(q, k, v, attn))?;
+    out.info = info;
+    Ok(out)
 }
 
-/// One call recorded and submitted on its own, without waiting, except with GPU timing on (native
-/// targets), where it waits so that the returned info carries the GPU time.
-pub(crate) fn submit_one(ctx: &Context, encode: impl Encode) -> Result<CallInfo> {
+/// Attention forward into existing O and LSE tensors (O: Q's shape, any layout; LSE: shape
+/// `[B, Hq, Nq, 1]`). Reusing outputs avoids an allocation per call. Submits like [`forward`].
+pub fn forward_into(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attn: &Attention,
+    o: &Tensor,
+    lse: &Tensor,
+) -> Result<CallInfo> {
+    Ok(submit_one(ctx, |rec| rec.forward_into(q, k, v, attn, o, lse))?.1)
+}
+
+/// One call recorded by `record` on a fresh recorder and submitted on its own, without waiting,
+/// except with GPU timing on (native targets), where it waits so that the call's info carries
+/// its GPU time. Returns what `record` returned and the call's info.
+pub(crate) fn submit_one<T>(
+    ctx: &Context,
+    record: impl FnOnce(&mut Recorder<'_>) -> Result<T>,
+) -> Result<(T, CallInfo)> {
     let mut rec = Recorder::new(ctx);
-    let info = rec.record(encode)?;
+    let out = record(&mut rec)?;
     let submission = rec.submit()?;
     #[cfg(not(target_arch = "wasm32"))]
     if ctx.gpu_timing() {
-        return Ok(submission.wait()?[0]);
+        return Ok((out, submission.wait()?[0]));
     }
-    drop(submission);
-    Ok(info)
+    Ok((out, submission.calls[0]))
 }
 
 /// Timestamps around one call's compute pass: written by the pass, resolved and copied to a
@@ -155,10 +166,7 @@ impl<'c> Recorder<'c> {
         // validated before anything is allocated
         let p = attn.validate(q.shape, k.shape, v.shape)?;
         let (o, lse) = outputs(self.ctx, q)?;
-        let family = crate::tune::family_for(self.ctx, p.head_dim, attn)?;
-        let io = Io { q, k, v, o: &o, lse: &lse };
-        let info = self
-            .record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, &p, family, io, attn))?;
+        let info = self.fused(&p, Io { q, k, v, o: &o, lse: &lse }, attn)?;
         Ok(Output { o, lse, info })
     }
 
@@ -174,14 +182,25 @@ impl<'c> Recorder<'c> {
         lse: &Tensor,
     ) -> Result<CallInfo> {
         let p = attn.validate(q.shape, k.shape, v.shape)?;
+        self.fused(&p, Io { q, k, v, o, lse }, attn)
+    }
+
+    /// Record the fused forward of the validated problem `p`, in the family the tuner chooses.
+    fn fused(&mut self, p: &Problem, io: Io<'_>, attn: &Attention) -> Result<CallInfo> {
         let family = crate::tune::family_for(self.ctx, p.head_dim, attn)?;
-        let io = Io { q, k, v, o, lse };
-        self.record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, &p, family, io, attn))
+        self.record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, p, family, io, attn))
     }
 
     /// Record one call made by `encode`, which records into the encoder in one compute pass that
     /// takes the timestamp writes it is given (when the context times calls).
-    pub(crate) fn record(&mut self, encode: impl Encode) -> Result<CallInfo> {
+    pub(crate) fn record(
+        &mut self,
+        encode: impl FnOnce(
+            &Context,
+            &mut wgpu::CommandEncoder,
+            Option<wgpu::ComputePassTimestampWrites<'_>>,
+        ) -> Result<CallInfo>,
+    ) -> Result<CallInfo> {
         let ctx = self.ctx;
         let timer = ctx.gpu_timing().then(|| CallTimer {
             call: self.calls.len(),

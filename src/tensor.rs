@@ -187,63 +187,66 @@ impl Tensor {
             if self.is_contiguous() {
                 write(self.offset, self.shape.len());
             } else {
-                self.for_each_row(|first| write(first, self.shape.head_dim));
+                self.for_each_row(Layout::Bhsd, |first| write(first, self.shape.head_dim));
             }
         })
     }
 
-    /// `f(first element)` of every head-dim row, in BHSD order.
-    fn for_each_row(&self, mut f: impl FnMut(usize)) {
+    /// `f(first element)` of every head-dim row, rows in `order`.
+    fn for_each_row(&self, order: Layout, mut f: impl FnMut(usize)) {
         let [sb, sh, ss] = self.strides;
-        for b in 0..self.shape.batch {
-            for h in 0..self.shape.heads {
-                for s in 0..self.shape.seq {
-                    f(self.offset + b * sb + h * sh + s * ss);
+        let Shape { batch, heads, seq, .. } = self.shape;
+        // (outer, inner) of the two middle axes: heads then positions, or positions then heads
+        let (n1, s1, n2, s2) = match order {
+            Layout::Bhsd => (heads, sh, seq, ss),
+            Layout::Bshd => (seq, ss, heads, sh),
+        };
+        for b in 0..batch {
+            for i in 0..n1 {
+                for j in 0..n2 {
+                    f(self.offset + b * sb + i * s1 + j * s2);
                 }
             }
         }
+    }
+
+    /// Record and submit the copy of the view's extent to a staging buffer: the copy's
+    /// submission and a future of the host tensor, in [`Tensor::layout`] order.
+    fn read(
+        &self,
+        ctx: &Context,
+    ) -> Result<(wgpu::SubmissionIndex, impl Future<Output = Result<HostTensor>> + 'static)> {
+        self.check_context(ctx)?;
+        let (first, end) = self.extent();
+        // the copy starts and ends on 4-byte boundaries (f32 elements already are)
+        let at = self.dtype.bytes(first as u64);
+        let (index, bytes) =
+            ctx.read_async(&self.buffer, at, self.dtype.bytes((end - first).max(1) as u64))?;
+        let view = self.clone();
+        Ok((index, async move {
+            let bytes = bytes.await?;
+            let all: &[f32] = bytemuck::cast_slice(&bytes);
+            let mut data = Vec::with_capacity(view.shape.len());
+            let d = view.shape.head_dim;
+            view.for_each_row(view.layout, |row| data.extend_from_slice(&all[row - view.offset..][..d]));
+            HostTensor::new(data, view.shape, view.layout)
+        }))
     }
 
     /// Read the view back to the host, in [`Tensor::layout`] order. The copy is recorded and
     /// submitted now; the future resolves once the GPU has finished it (on native targets the
     /// device must be polled: [`Tensor::to_host`] does both).
     pub fn to_host_async(&self, ctx: &Context) -> impl Future<Output = Result<HostTensor>> + 'static {
-        let (first, end) = self.extent();
-        let read = self.check_context(ctx).and_then(|()| {
-            // the copy starts and ends on 4-byte boundaries (f32 elements already are)
-            let at = self.dtype.bytes(first as u64);
-            ctx.read_async(&self.buffer, at, self.dtype.bytes((end - first).max(1) as u64))
-        });
-        let (view, layout) = (self.clone(), self.layout());
-        async move {
-            let bytes = read?.await?;
-            let all: &[f32] = bytemuck::cast_slice(&bytes);
-            let mut data = Vec::with_capacity(view.shape.len());
-            let d = view.shape.head_dim;
-            let mut push_row = |first: usize| data.extend_from_slice(&all[first - view.offset..][..d]);
-            match layout {
-                Layout::Bhsd => view.for_each_row(&mut push_row),
-                Layout::Bshd => {
-                    let [sb, sh, ss] = view.strides;
-                    for b in 0..view.shape.batch {
-                        for s in 0..view.shape.seq {
-                            for h in 0..view.shape.heads {
-                                push_row(view.offset + b * sb + h * sh + s * ss);
-                            }
-                        }
-                    }
-                }
-            }
-            HostTensor::new(data, view.shape, layout)
-        }
+        let read = self.read(ctx);
+        async move { read?.1.await }
     }
 
-    /// Read the view back to the host, waiting for the GPU (native targets; on the web use
-    /// [`Tensor::to_host_async`]).
+    /// Read the view back to the host, waiting for the GPU to finish the copy (native targets;
+    /// on the web use [`Tensor::to_host_async`]).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn to_host(&self, ctx: &Context) -> Result<HostTensor> {
-        let read = self.to_host_async(ctx);
-        ctx.wait_for(None)?;
+        let (index, read) = self.read(ctx)?;
+        ctx.wait_for(Some(index))?;
         pollster::block_on(read)
     }
 

@@ -9,7 +9,7 @@ use crate::context::Context;
 use crate::cpu::reference;
 use crate::error::Result;
 #[cfg(not(target_arch = "wasm32"))]
-use crate::kernels::flash::forward_into;
+use crate::record::forward_into;
 use crate::record::CallInfo;
 use crate::tensor::Tensor;
 

@@ -29,7 +29,8 @@ use crate::kernels::flash::{default_family, Family};
 #[cfg(not(target_arch = "wasm32"))]
 use {
     crate::attention::{Causal, Layout, Shape},
-    crate::kernels::flash::{forward, TileConfig},
+    crate::kernels::flash::TileConfig,
+    crate::record::forward,
     crate::mask::Mask,
     crate::tensor::Tensor,
     std::time::Instant,

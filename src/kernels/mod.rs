@@ -108,7 +108,7 @@ pub(crate) fn whole_binding<'a>(ctx: &Context, t: &'a Tensor) -> Result<wgpu::Bi
              adapter's storage offset alignment ({align})"
         )));
     }
-    let size = DType::F32.bytes(t.extent().1 as u64 - t.offset as u64).max(t.dtype.size());
+    let size = t.dtype.bytes(t.extent().1 as u64 - t.offset as u64).max(t.dtype.size());
     Ok(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer: &t.buffer,
         offset: at,
@@ -136,6 +136,20 @@ pub(crate) fn check_tensors(ctx: &Context, p: &crate::attention::Problem, inputs
         return Err(Error::ShapeMismatch("LSE must be contiguous [B, Hq, Nq, 1]".into()));
     }
     Ok(())
+}
+
+/// The words every kernel's aux buffer starts with: the per-batch key lengths, then the ALiBi
+/// slopes as f32 bits when the call has them; and the slopes' offset. Tables follow.
+pub(crate) fn aux_words(attn: &Attention, p: &crate::attention::Problem) -> (Vec<u32>, u32) {
+    let mut aux: Vec<u32> = match &attn.kv_lens {
+        Some(l) => l.clone(),
+        None => vec![p.kv_len as u32; p.batch],
+    };
+    let alibi_offset = aux.len() as u32;
+    if let Some(s) = &attn.alibi_slopes {
+        aux.extend(s.iter().map(|x| x.to_bits()));
+    }
+    (aux, alibi_offset)
 }
 
 /// Element strides (batch, head, seq, 0) of a tensor as the kernels' uniforms take them.

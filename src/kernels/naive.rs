@@ -19,7 +19,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{causal_code, check_tensors, dispatch_all, entry_pipeline, strides4, whole_binding};
+use super::{aux_words, causal_code, check_tensors, dispatch_all, entry_pipeline, strides4, whole_binding};
 use crate::attention::{Attention, Problem};
 use crate::context::Context;
 use crate::dtype::DType;
@@ -192,8 +192,8 @@ pub fn check_fits(ctx: &Context, p: &Problem) -> Result<()> {
 pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
     let p = check(ctx, q, k, v, attn)?;
     let (o, lse) = outputs(ctx, q)?;
-    let info = submit_one(ctx, |ctx, encoder, timing| {
-        encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (&o, &lse))
+    let (_, info) = submit_one(ctx, |rec| {
+        rec.record(|ctx, encoder, timing| encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (&o, &lse)))
     })?;
     Ok(Output { o, lse, info })
 }
@@ -201,9 +201,6 @@ pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attenti
 /// Validation shared by [`forward`] and [`forward_into`]: the problem, the refused options and
 /// the limits.
 fn check(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Problem> {
-    for t in [q, k, v] {
-        t.check_context(ctx)?;
-    }
     let p = attn.validate(q.shape, k.shape, v.shape)?;
     if attn.mask.is_some() || attn.block_mask.is_some() || attn.topk.is_some() {
         return Err(Error::InvalidOption(
@@ -242,7 +239,10 @@ pub fn forward_into(
     lse: &Tensor,
 ) -> Result<CallInfo> {
     let p = check(ctx, q, k, v, attn)?;
-    submit_one(ctx, |ctx, encoder, timing| encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (o, lse)))
+    let (_, info) = submit_one(ctx, |rec| {
+        rec.record(|ctx, encoder, timing| encode_valid(ctx, encoder, timing, &p, (q, k, v), attn, (o, lse)))
+    })?;
+    Ok(info)
 }
 
 /// Record the naive forward into `encoder` (one compute pass, writing `timing`'s timestamps if
@@ -271,19 +271,10 @@ fn encode_valid(
 ) -> Result<CallInfo> {
     let p = *p;
     check_tensors(ctx, &p, [q, k, v], o, lse)?;
-    let bindings = [q, k, v, o, lse].map(|t| whole_binding(ctx, t));
-    let [qb, kb, vb, ob, lb] = bindings;
-    let (qb, kb, vb, ob, lb) = (qb?, kb?, vb?, ob?, lb?);
+    let (qb, kb, vb) = (whole_binding(ctx, q)?, whole_binding(ctx, k)?, whole_binding(ctx, v)?);
+    let (ob, lb) = (whole_binding(ctx, o)?, whole_binding(ctx, lse)?);
 
-    // aux: per-batch key lengths, then ALiBi slopes as f32 bits
-    let mut aux: Vec<u32> = match &attn.kv_lens {
-        Some(l) => l.clone(),
-        None => vec![p.kv_len as u32; p.batch],
-    };
-    let alibi_offset = aux.len() as u32;
-    if let Some(s) = &attn.alibi_slopes {
-        aux.extend(s.iter().map(|x| x.to_bits()));
-    }
+    let (aux, alibi_offset) = aux_words(attn, &p);
 
     let rows = p.batch * p.q_heads * p.q_len;
     let tiles = Tiles::new(p.head_dim);

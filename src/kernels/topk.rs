@@ -161,10 +161,7 @@ pub(crate) fn encode(
 pub fn selected_blocks(ctx: &Context, q: &Tensor, k: &Tensor, attn: &Attention) -> Result<Vec<Vec<u32>>> {
     let p = attn.validate(q.shape, k.shape, k.shape)?;
     let t = attn.topk.ok_or_else(|| Error::InvalidOption("no top-k option set".into()))?;
-    let mut aux: Vec<u32> = match &attn.kv_lens {
-        Some(l) => l.clone(),
-        None => vec![p.kv_len as u32; p.batch],
-    };
+    let (mut aux, _) = super::aux_words(attn, &p);
     let (lists_words, entries_words) = table_words(&p, &t);
     let offsets = (aux.len() as u32, (aux.len() + lists_words) as u32);
     aux.resize(aux.len() + lists_words + entries_words, 0);
@@ -179,8 +176,8 @@ pub fn selected_blocks(ctx: &Context, q: &Tensor, k: &Tensor, attn: &Attention) 
         encode(ctx, &mut pass, &p, attn, &t, (q, k), &aux_buffer, offsets)?;
     }
     ctx.submit(encoder)?;
-    let read = ctx.read_async(&aux_buffer, 0, aux_buffer.size())?;
-    ctx.wait_for(None)?;
+    let (index, read) = ctx.read_async(&aux_buffer, 0, aux_buffer.size())?;
+    ctx.wait_for(Some(index))?;
     let words: Vec<u32> = bytemuck::pod_collect_to_vec(&pollster::block_on(read)?);
     let lists = lists_words / 2;
     Ok((0..lists)

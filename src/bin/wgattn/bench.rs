@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use wgpu_attention::cpu::{flash as cpu_flash, reference};
-use wgpu_attention::kernels::{flash, naive};
+use wgpu_attention::kernels::naive;
 use wgpu_attention::mask::{Dims, TOPK_MAX};
 use wgpu_attention::testing::Case;
 use wgpu_attention::{
@@ -874,7 +874,7 @@ impl Runner {
         let call = |set: usize| -> Result<Output, Error> {
             let (q, k, v) = &sets[set % sets.len()];
             let out = match backend {
-                Backend::GpuFused => flash::forward(ctx, q, k, v, attn),
+                Backend::GpuFused => wgpu_attention::forward(ctx, q, k, v, attn),
                 _ => naive::forward(ctx, q, k, v, attn),
             }?;
             ctx.wait_idle()?; // a call returns once submitted: time it to the end

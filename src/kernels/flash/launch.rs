@@ -12,9 +12,9 @@ use crate::dtype::{word_bytes, DType};
 use crate::error::{Error, Result};
 use crate::kernels::merge::{self, MergeBuffers, MergeParams};
 use crate::kernels::topk;
-use crate::kernels::{causal_code, check_tensors, dispatch_all, pipeline, strides4, Window};
+use crate::kernels::{aux_words, causal_code, check_tensors, dispatch_all, pipeline, strides4, Window};
 use crate::mask::BlockMask;
-use crate::record::{outputs, submit_one, CallInfo, Output};
+use crate::record::CallInfo;
 use crate::tensor::{check_buffer_size, Tensor};
 
 /// Mirrors `Params` in attention_common.wgsl: 36 scalars (144 bytes, the last three padding, so
@@ -75,37 +75,6 @@ pub(crate) struct Io<'a> {
     pub lse: &'a Tensor,
 }
 
-/// Attention forward on device tensors: O (in Q's layout) and LSE, freshly allocated. Records
-/// and submits one call without waiting (reading an output back waits for it); with GPU timing on
-/// (native targets) it waits, so that the output carries its GPU time.
-pub fn forward(ctx: &Context, q: &Tensor, k: &Tensor, v: &Tensor, attn: &Attention) -> Result<Output> {
-    let p = attn.validate(q.shape, k.shape, v.shape)?;
-    let (o, lse) = outputs(ctx, q)?;
-    let family = crate::tune::family_for(ctx, p.head_dim, attn)?;
-    let info = submit_one(ctx, |ctx, encoder, timing| {
-        encode_valid(ctx, encoder, timing, &p, family, Io { q, k, v, o: &o, lse: &lse }, attn)
-    })?;
-    Ok(Output { o, lse, info })
-}
-
-/// Attention forward into existing O and LSE tensors (O: Q's shape, any layout; LSE: shape
-/// `[B, Hq, Nq, 1]`). Reusing outputs avoids an allocation per call. Submits like [`forward`].
-pub fn forward_into(
-    ctx: &Context,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    attn: &Attention,
-    o: &Tensor,
-    lse: &Tensor,
-) -> Result<CallInfo> {
-    let p = attn.validate(q.shape, k.shape, v.shape)?;
-    let family = crate::tune::family_for(ctx, p.head_dim, attn)?;
-    submit_one(ctx, |ctx, encoder, timing| {
-        encode_valid(ctx, encoder, timing, &p, family, Io { q, k, v, o, lse }, attn)
-    })
-}
-
 /// Record one fused forward of `family` into `encoder` (its own compute pass, which writes
 /// `timing`'s timestamps if given). Validates the call; blocks on nothing.
 #[allow(clippy::too_many_arguments)]
@@ -161,15 +130,8 @@ pub(crate) fn encode_valid(
     let g = p.group();
     let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table_shape.is_none());
 
-    // aux: per-batch key lengths, then ALiBi slopes as f32 bits
-    let mut aux: Vec<u32> = match &attn.kv_lens {
-        Some(l) => l.clone(),
-        None => vec![p.kv_len as u32; p.batch],
-    };
-    let alibi_offset = aux.len() as u32;
-    if let Some(s) = &attn.alibi_slopes {
-        aux.extend(s.iter().map(|x| x.to_bits()));
-    }
+    // aux: per-batch key lengths and ALiBi slopes, then the block table
+    let (mut aux, alibi_offset) = aux_words(attn, p);
     let mut table_params = [0u32; 8];
     if let Some(t) = table {
         let lists_offset = aux.len() as u32;

@@ -11,7 +11,7 @@ mod launch;
 pub mod plan;
 pub mod tiles;
 
-pub use launch::{encode, forward, forward_into};
+pub use launch::encode;
 pub(crate) use launch::{encode_valid, Io};
 #[cfg(test)]
 pub(crate) use launch::ForwardParams;
