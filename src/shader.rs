@@ -66,6 +66,28 @@ fn include_into(name: &str, source: &str, seen: &mut Vec<&'static str>, out: &mu
 
 /// Specialise `source` (named `name` in errors) with `params`, unroll, and validate with naga.
 pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
+    let text = expand(name, source, params)?;
+    validate(name, &text)?;
+    Ok(text)
+}
+
+/// [`specialise`] for a pipeline: the WGSL and the bind group layout entries of its entry point
+/// `entry` (every buffer binding of group 0 it uses, uniform or storage, read only unless the
+/// shader writes it), from one naga parse and validation.
+pub fn specialise_for(
+    name: &str,
+    source: &str,
+    params: &Params,
+    entry: &str,
+) -> Result<(String, Vec<wgpu::BindGroupLayoutEntry>)> {
+    let text = expand(name, source, params)?;
+    let (module, info) = parse_valid(name, &text)?;
+    let entries = bindings(name, &module, &info, entry)?;
+    Ok((text, entries))
+}
+
+/// The template steps (includes, params, conditionals, unrolling), without validation.
+fn expand(name: &str, source: &str, params: &Params) -> Result<String> {
     let err = |message: String| Error::Shader { name: name.to_string(), message };
     let source = resolve_includes(name, source)?;
     let mut lines: Vec<String> = Vec::new();
@@ -86,9 +108,7 @@ pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
     }
     let lines = conditionals(&lines, params).map_err(err)?;
     let out = unroll(&lines, params).map_err(err)?;
-    let text = out.join("\n");
-    validate(name, &text)?;
-    Ok(text)
+    Ok(out.join("\n"))
 }
 
 /// The `@param` values written in `source` itself (its defaults).
@@ -211,25 +231,31 @@ fn unroll(lines: &[String], params: &Params) -> std::result::Result<Vec<String>,
 
 /// Parse and validate WGSL with naga (the same front end wgpu uses).
 pub fn validate(name: &str, source: &str) -> Result<()> {
-    let err = |message: String| Error::Shader { name: name.to_string(), message };
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| err(e.emit_to_string(source)))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .map_err(|e| err(e.emit_to_string(source)))?;
-    Ok(())
+    parse_valid(name, source).map(drop)
 }
 
-/// The bind group layout entries of entry point `entry` of `source` (specialised WGSL), as naga
-/// reflects them: every buffer binding of group 0 the entry point uses, uniform or storage (read
-/// only unless the shader writes it), visible to compute. Kernels build their pipeline layouts
-/// from these, so a layout can never disagree with its shader.
-pub fn bindings(name: &str, source: &str, entry: &str) -> Result<Vec<wgpu::BindGroupLayoutEntry>> {
+/// The naga module of `source` and its validation info.
+fn parse_valid(name: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let err = |message: String| Error::Shader { name: name.to_string(), message };
     let module = naga::front::wgsl::parse_str(source).map_err(|e| err(e.emit_to_string(source)))?;
     let info =
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
             .validate(&module)
             .map_err(|e| err(e.emit_to_string(source)))?;
+    Ok((module, info))
+}
+
+/// The bind group layout entries of entry point `entry` of a validated module, as naga reflects
+/// them: every buffer binding of group 0 the entry point uses, uniform or storage (read only
+/// unless the shader writes it), visible to compute. Kernels build their pipeline layouts from
+/// these, so a layout can never disagree with its shader.
+fn bindings(
+    name: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> Result<Vec<wgpu::BindGroupLayoutEntry>> {
+    let err = |message: String| Error::Shader { name: name.to_string(), message };
     let index = module
         .entry_points
         .iter()

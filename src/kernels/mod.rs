@@ -38,9 +38,8 @@ pub(crate) fn entry_pipeline(
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
     let key = PipelineKey { shader: name, entry, params: params.clone() };
     ctx.pipeline(key, |device| {
-        let text = shader::specialise(name, source, params)?;
-        // an explicit layout, reflected from the shader (see shader::bindings)
-        let entries = shader::bindings(name, &text, entry)?;
+        // the WGSL and an explicit layout reflected from it, from one naga validation
+        let (text, entries) = shader::specialise_for(name, source, params, entry)?;
         let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(name),
             entries: &entries,

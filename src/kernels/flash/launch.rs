@@ -18,7 +18,8 @@ use crate::record::CallInfo;
 use crate::tensor::{check_buffer_size, Tensor};
 
 /// Mirrors `Params` in attention_common.wgsl: 36 scalars (144 bytes, the last three padding, so
-/// that the vec4 strides that follow sit at WGSL's 16-byte alignment), then five strides.
+/// that the vec4 strides that follow sit at WGSL's 16-byte alignment), then five strides
+/// (`kernels::uniform_layout` checks every member against naga's layout of the WGSL struct).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub(crate) struct ForwardParams {
@@ -62,8 +63,6 @@ pub(crate) struct ForwardParams {
     pub(crate) o_stride: [u32; 4],
     pub(crate) lse_stride: [u32; 4],
 }
-
-const _: () = assert!(std::mem::size_of::<ForwardParams>() == 36 * 4 + 5 * 16);
 
 /// The tensors of one call.
 #[derive(Clone, Copy)]
