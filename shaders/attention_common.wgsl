@@ -80,63 +80,51 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-// K and V as vec4s when VEC4 (head dim, strides and window bases all multiples of 4: one 16-byte
-// load per 4 elements), else as scalars
+// Q, K, V and O as vec4s when VEC4 (head dim, strides and window bases all multiples of 4: one
+// 16-byte access per 4 elements), else as scalars. On CPU adapters every storage access is a
+// per-lane loop and every `if` a branch of its own: the vec4 forms keep the unrolled register
+// kernels small, which is most of their compile time (docs/COMPILE.md).
 // @if VEC4
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
 // @else
+@group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> o: array<f32>;
 // @endif
 @group(0) @binding(4) var<storage, read> aux: array<u32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 
 
-// Load 4 consecutive head-dim elements starting at d0 of row `base` (an element index), zero past D.
+// Load 4 consecutive head-dim elements starting at d0 of row `base` (an element index), zero past
+// D. Branch-free: elements past D are read (WGSL bounds every access) and replaced by zero.
 fn load4_q(base: u32, d0: u32) -> vec4<f32> {
-    var r = vec4<f32>(0.0);
-    let d = params.head_dim;
-    if (d0 < d) { r.x = q[base + d0]; }
-    if (d0 + 1u < d) { r.y = q[base + d0 + 1u]; }
-    if (d0 + 2u < d) { r.z = q[base + d0 + 2u]; }
-    if (d0 + 3u < d) { r.w = q[base + d0 + 3u]; }
-    return r;
+// @if VEC4
+    return select(vec4<f32>(0.0), q[(base + d0) / 4u], d0 < params.head_dim);
+// @else
+    let x = vec4<f32>(q[base + d0], q[base + d0 + 1u], q[base + d0 + 2u], q[base + d0 + 3u]);
+    return select(vec4<f32>(0.0), x, vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
+// @endif
 }
 
 fn load4_k(base: u32, d0: u32) -> vec4<f32> {
 // @if VEC4
-    if (d0 >= params.head_dim) {
-        return vec4<f32>(0.0);
-    }
-    return k[(base + d0) / 4u];
+    return select(vec4<f32>(0.0), k[(base + d0) / 4u], d0 < params.head_dim);
 // @else
-    var r = vec4<f32>(0.0);
-    let d = params.head_dim;
-    if (d0 < d) { r.x = k[base + d0]; }
-    if (d0 + 1u < d) { r.y = k[base + d0 + 1u]; }
-    if (d0 + 2u < d) { r.z = k[base + d0 + 2u]; }
-    if (d0 + 3u < d) { r.w = k[base + d0 + 3u]; }
-    return r;
+    let x = vec4<f32>(k[base + d0], k[base + d0 + 1u], k[base + d0 + 2u], k[base + d0 + 3u]);
+    return select(vec4<f32>(0.0), x, vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
 // @endif
 }
 
 fn load4_v(base: u32, d0: u32) -> vec4<f32> {
 // @if VEC4
-    if (d0 >= params.head_dim) {
-        return vec4<f32>(0.0);
-    }
-    return v[(base + d0) / 4u];
+    return select(vec4<f32>(0.0), v[(base + d0) / 4u], d0 < params.head_dim);
 // @else
-    var r = vec4<f32>(0.0);
-    let d = params.head_dim;
-    if (d0 < d) { r.x = v[base + d0]; }
-    if (d0 + 1u < d) { r.y = v[base + d0 + 1u]; }
-    if (d0 + 2u < d) { r.z = v[base + d0 + 2u]; }
-    if (d0 + 3u < d) { r.w = v[base + d0 + 3u]; }
-    return r;
+    let x = vec4<f32>(v[base + d0], v[base + d0 + 1u], v[base + d0 + 2u], v[base + d0 + 3u]);
+    return select(vec4<f32>(0.0), x, vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
 // @endif
 }
 
@@ -251,12 +239,10 @@ fn q_scale() -> f32 {
 
 // Query row elements d0..d0+3, pre-scaled by q_scale() (zero for invalid rows and past D).
 fn load_q4(t: Tile, row: Row, d0: u32) -> vec4<f32> {
-    if (!row.valid) {
-        return vec4<f32>(0.0);
-    }
     let base = t.batch * params.q_stride.x + row.h * params.q_stride.y + row.i * params.q_stride.z
         - params.q_base;
-    return load4_q(base, d0) * q_scale();
+    // branch-free (an invalid row reads in-bounds garbage, replaced by zero)
+    return select(vec4<f32>(0.0), load4_q(base, d0) * q_scale(), row.valid);
 }
 
 // Key / value row elements d0..d0+3 (zero past Nk and past D).
@@ -274,12 +260,19 @@ fn load_v4(t: Tile, key: u32, d0: u32) -> vec4<f32> {
     return load4_v(t.v_head + key * params.v_stride.z, d0);
 }
 
-// The dv-th vec4 of K / V row `key`, for kernels whose padded head dim is D itself. Keys past Nk
-// read the last row instead (finite values; every kernel masks those keys), so with VEC4 a load
-// is one unconditional vec4 read.
+// The dv-th vec4 of K / V row `key`. Keys past Nk read the last row instead (finite values;
+// every kernel masks those keys), so with VEC4 a load is one unconditional vec4 read. With PAD
+// (a head dim below the compiled 4·DV) key vec4s past the head dim are zero, so that they add
+// nothing to q·k even where the elements after a row are not finite; value vec4s past it are
+// read as they are: they only reach O columns past the head dim, which are never stored.
 fn key4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
 // @if VEC4
-    return k[(t.k_head + min(key, params.kv_len - 1u) * params.k_stride.z) / 4u + dv];
+    let x = k[(t.k_head + min(key, params.kv_len - 1u) * params.k_stride.z) / 4u + dv];
+// @if PAD
+    return select(vec4<f32>(0.0), x, dv * 4u < params.head_dim);
+// @else
+    return x;
+// @endif
 // @else
     return load_k4(t, key, dv * 4u);
 // @endif
@@ -352,10 +345,18 @@ fn store_o4(t: Tile, row: Row, d0: u32, val: vec4<f32>) {
     let ob = t.batch * params.o_stride.x + row.h * params.o_stride.y + row.i * params.o_stride.z
         + t.split * params.o_stride.w - params.o_base;
     let d = params.head_dim;
+// @if VEC4
+// @if PAD
+    if (d0 < d) { o[(ob + d0) / 4u] = val; }
+// @else
+    o[(ob + d0) / 4u] = val;      // D = 4·DV: every vec4 is inside the row
+// @endif
+// @else
     if (d0 < d) { o[ob + d0] = val.x; }
     if (d0 + 1u < d) { o[ob + d0 + 1u] = val.y; }
     if (d0 + 2u < d) { o[ob + d0 + 2u] = val.z; }
     if (d0 + 3u < d) { o[ob + d0 + 3u] = val.w; }
+// @endif
 }
 
 // Store the row's LSE from its running max m (log2 domain) and sum l; −∞ when l = 0.

@@ -14,7 +14,7 @@
 const BQ: u32 = 16u; // @param query rows per workgroup
 const BK: u32 = 16u; // @param keys per tile
 const TPR: u32 = 4u; // @param invocations per query row
-const DV: u32 = 16u; // @param padded head dim / 4 (a multiple of TPR)
+const DV: u32 = 16u; // @param compiled head dim (a multiple of 32, ≥ the call's) / 4
 const KPT: u32 = 4u; // @param BK / TPR: scores per invocation per tile
 const OPT: u32 = 4u; // @param DV / TPR: O vec4s per invocation
 const QLOADS: u32 = 4u; // @param ceil(BQ·DV / WG)
@@ -23,6 +23,7 @@ const VEC4: u32 = 0u; // @param 1: K and V bound as vec4s (head dim, strides, ba
 const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
 const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
 const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
+const PAD: u32 = 0u; // @param 1: the call's head dim is below 4·DV (loads past it read zero)
 
 const WG: u32 = BQ * TPR;
 

@@ -23,7 +23,7 @@ const R: u32 = 4u; // @param query rows per invocation
 const KB: u32 = 8u; // @param keys per block (at most the smallest subgroup size)
 const KP: u32 = 1u; // @param keys whose scores are computed together (divides KB)
 const KG: u32 = 8u; // @param KB / KP
-const DV: u32 = 16u; // @param head dim rounded up to 4, / 4
+const DV: u32 = 16u; // @param compiled head dim (a multiple of 32, ≥ the call's) / 4
 const WG: u32 = 8u; // @param invocations per workgroup
 const SUBGROUPS: u32 = 1u; // @param 1: share K/V rows by subgroup broadcast, 0: load per invocation
 const VEC4: u32 = 0u; // @param 1: K and V bound as vec4s (head dim, strides, bases multiples of 4)
@@ -33,6 +33,7 @@ const RH: u32 = 4u; // @param rows whose O accumulators P·V updates together (d
 const RHS: u32 = 1u; // @param R / RH
 const VPK: u32 = 2u; // @param ceil(DV / KB): V vec4s each key step of the scores loads
 const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
+const PAD: u32 = 0u; // @param 1: the call's head dim is below 4·DV (key loads past it read zero)
 
 const BQ: u32 = WG * R;
 

@@ -29,7 +29,8 @@ static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 ///
 /// ```
 /// use wgpu_attention::{ContextOptions, Family};
-/// let options = ContextOptions::default().kernel(Family::Tiled).tune(false).gpu_timing(true);
+/// use wgpu_attention::Tuning;
+/// let options = ContextOptions::default().kernel(Family::Tiled).tune(Tuning::Off).gpu_timing(true);
 /// assert_eq!(options.kernel, Some(Family::Tiled));
 /// ```
 #[non_exhaustive]
@@ -48,14 +49,46 @@ pub struct ContextOptions {
     /// Run this fused-forward family for every call (unless the call's own launch hint names
     /// one); `None` lets the tuner or the adapter's default choose.
     pub kernel: Option<Family>,
-    /// Time the candidate families on first use of a tuning key and keep the fastest (see
-    /// [`crate::tune`]); false takes the adapter's default family.
-    pub tune: bool,
+    /// How a call's kernel family is chosen when neither the call nor [`ContextOptions::kernel`]
+    /// names one. The default, [`Tuning::Cached`], never measures inside a call.
+    pub tune: Tuning,
     /// Folder of the tuning cache file (`tune.tsv`); `None` keeps choices in memory only.
     pub cache_dir: Option<PathBuf>,
     /// Time each call's GPU work with timestamp queries (where the adapter has
     /// `TIMESTAMP_QUERY`); the time comes back in the call's [`crate::CallInfo`].
     pub gpu_timing: bool,
+}
+
+/// How calls that name no kernel family get one ([`ContextOptions::tune`], `WGATTN_TUNE`).
+///
+/// Tuning times every candidate family on a representative problem, which compiles 3 to 5
+/// pipelines per (head dim, mask class): seconds to minutes on a software adapter. So a call
+/// never tunes unless its context was opened with [`Tuning::OnFirstUse`]; the tuning cache is
+/// filled on purpose by `wgattn tune` or [`crate::tune::tune`] (with the `unstable` feature).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tuning {
+    /// The tuning cache's choice where it has the call's key, else the adapter's rule
+    /// ([`crate::kernels::flash::default_family`]: register on CPU adapters, tiled on GPUs). Never
+    /// measures. `WGATTN_TUNE=cached` (or unset).
+    #[default]
+    Cached,
+    /// Like `Cached`, but a key the cache lacks is measured in the call that first needs it
+    /// (which waits for it) and written to the cache. `WGATTN_TUNE=on`.
+    OnFirstUse,
+    /// The adapter's rule only; the cache is not read (reproducible runs). `WGATTN_TUNE=off`.
+    Off,
+}
+
+impl Tuning {
+    /// Parse `cached`, `on` or `off` (case-insensitive).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "cached" => Ok(Tuning::Cached),
+            "on" => Ok(Tuning::OnFirstUse),
+            "off" => Ok(Tuning::Off),
+            other => Err(Error::InvalidOption(format!("WGATTN_TUNE `{other}`: expected cached, on or off"))),
+        }
+    }
 }
 
 impl Default for ContextOptions {
@@ -66,7 +99,7 @@ impl Default for ContextOptions {
             limits: None,
             subgroup_min_size: None,
             kernel: None,
-            tune: true,
+            tune: Tuning::Cached,
             cache_dir: None,
             gpu_timing: false,
         }
@@ -76,9 +109,10 @@ impl Default for ContextOptions {
 impl ContextOptions {
     /// Defaults overridden by the environment: `WGATTN_BACKEND` (a comma list of `vulkan`,
     /// `metal`, `dx12`, `gl`), `WGATTN_ADAPTER` (a substring of the adapter's name),
-    /// `WGATTN_KERNEL` (a [`Family::name`]), `WGATTN_TUNE=off`, and the tuning cache folder
+    /// `WGATTN_KERNEL` (a [`Family::name`]), `WGATTN_TUNE` (`cached`, the default; `on`; `off`:
+    /// see [`Tuning`]), and the tuning cache folder
     /// `WGATTN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgpu-attention`, else
-    /// `~/.cache/wgpu-attention`. An unknown `WGATTN_KERNEL` is an error.
+    /// `~/.cache/wgpu-attention`. An unknown `WGATTN_KERNEL` or `WGATTN_TUNE` is an error.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let mut o = Self::default();
@@ -87,7 +121,7 @@ impl ContextOptions {
         }
         o.adapter_name = var("WGATTN_ADAPTER");
         o.kernel = var("WGATTN_KERNEL").map(|k| Family::from_name(&k)).transpose()?;
-        o.tune = !var("WGATTN_TUNE").is_some_and(|v| v.trim().eq_ignore_ascii_case("off"));
+        o.tune = var("WGATTN_TUNE").map(|t| Tuning::from_name(&t)).transpose()?.unwrap_or_default();
         o.cache_dir = var("WGATTN_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgpu-attention")))
@@ -121,7 +155,7 @@ impl ContextOptions {
         self
     }
     /// Set [`ContextOptions::tune`].
-    pub fn tune(mut self, tune: bool) -> Self {
+    pub fn tune(mut self, tune: Tuning) -> Self {
         self.tune = tune;
         self
     }
@@ -198,6 +232,8 @@ pub struct Context {
     summary: AdapterSummary,
     options: ContextOptions,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    /// The driver's pipeline cache, persisted in the cache folder (where the adapter has one).
+    pipeline_cache: Option<PipelineCache>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<Uncaptured>>>,
     allocated: AtomicU64,
@@ -235,6 +271,52 @@ pub(crate) struct PipelineKey {
     pub shader: &'static str,
     pub entry: &'static str,
     pub params: Params,
+}
+
+/// The driver's pipeline cache (wgpu's `PIPELINE_CACHE`: Vulkan drivers) and the file it is
+/// kept in: `<cache folder>/pipelines-<wgpu's key for the adapter and driver>-wgpu<release>.bin`.
+/// Read when the context opens, written again after each new pipeline.
+struct PipelineCache {
+    cache: wgpu::PipelineCache,
+    path: PathBuf,
+}
+
+impl PipelineCache {
+    fn open(
+        device: &wgpu::Device,
+        info: &wgpu::AdapterInfo,
+        features: wgpu::Features,
+        dir: Option<&std::path::Path>,
+    ) -> Option<Self> {
+        if !features.contains(wgpu::Features::PIPELINE_CACHE) {
+            return None;
+        }
+        let key = wgpu::util::pipeline_cache_key(info)?;
+        let path = dir?.join(format!("pipelines-{key}-wgpu{}.bin", crate::tune::WGPU_VERSION));
+        let data = std::fs::read(&path).ok();
+        // SAFETY: the data is what `get_data` wrote for an adapter of the same key (the file name),
+        // and `fallback` makes the driver start empty if it rejects it.
+        let cache = unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some("wgpu-attention pipelines"),
+                data: data.as_deref(),
+                fallback: true,
+            })
+        };
+        Some(Self { cache, path })
+    }
+
+    /// Write the cache's data to its file (through a temporary file, so a reader never sees half).
+    fn save(&self) {
+        let Some(data) = self.cache.get_data() else { return };
+        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let result = std::fs::create_dir_all(self.path.parent().unwrap_or(&self.path))
+            .and_then(|()| std::fs::write(&tmp, &data))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = result {
+            log::warn!("could not write the pipeline cache {}: {e}", self.path.display());
+        }
+    }
 }
 
 /// Poll `f` once without blocking: its output if it is already ready.
@@ -312,8 +394,10 @@ impl Context {
         if let Some(s) = options.subgroup_min_size {
             info.subgroup_min_size = info.subgroup_min_size.min(s.max(1));
         }
-        let wanted_features =
-            wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+        let wanted_features = wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & wanted_features;
         let limits = match &options.limits {
             Some(wanted) => wanted.clone().or_worse_values_from(&adapter.limits()),
@@ -341,8 +425,10 @@ impl Context {
             log::error!("uncaptured wgpu error: {e}");
             *uncaptured_cb.lock().unwrap() = Some(keep_uncaptured(e));
         }));
+        let pipeline_cache = PipelineCache::open(&device, &info, features, options.cache_dir.as_deref());
         Ok(Self {
             id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
+            pipeline_cache,
             device,
             queue,
             summary: AdapterSummary { info, features, limits },
@@ -421,17 +507,22 @@ impl Context {
         Ok(())
     }
 
-    /// The pipeline for `key`, built by `build` the first time it is asked for.
+    /// The pipeline for `key`, built by `build` (given the device and the driver's pipeline
+    /// cache, if any) the first time it is asked for.
     pub(crate) fn pipeline(
         &self,
         key: PipelineKey,
-        build: impl FnOnce(&wgpu::Device) -> Result<wgpu::ComputePipeline>,
+        build: impl FnOnce(&wgpu::Device, Option<&wgpu::PipelineCache>) -> Result<wgpu::ComputePipeline>,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         // Built outside the lock: another thread may build the same one; the first insert wins.
-        let pipeline = Arc::new(self.scoped(|| build(&self.device))??);
+        let cache = self.pipeline_cache.as_ref();
+        let pipeline = Arc::new(self.scoped(|| build(&self.device, cache.map(|c| &c.cache)))??);
+        if let Some(c) = cache {
+            c.save();
+        }
         let mut cache = self.pipelines.lock().unwrap();
         Ok(cache.entry(key).or_insert(pipeline).clone())
     }

@@ -23,7 +23,7 @@
 
 //!
 //! The stable surface is what this page lists at the top level and the modules `attention`,
-//! `context`, `cpu`, `dtype`, `error`, `mask`, `record` and `tensor`. The `unstable` feature (on
+//! `context`, `cpu`, `dtype`, `error`, `mask`, `record`, `tensor` and `warm_up`. The `unstable` feature (on
 //! with the default `cli` feature) also makes public, outside semver, the kernel modules
 //! (`kernels`: launches, tiles, plans), the WGSL template step (`shader`), the tuner (`tune`) and
 //! the test helpers (`testing`) that the CLI and the test suite are built on.
@@ -37,6 +37,7 @@ pub mod error;
 pub mod mask;
 pub mod record;
 pub mod tensor;
+pub mod warm_up;
 
 /// Internals, public with the `unstable` feature (outside semver).
 macro_rules! unstable_mod {
@@ -62,13 +63,15 @@ unstable_mod! {
 pub struct ReadmeDoctests;
 
 pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
-pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions};
+pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions, Tuning};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
 pub use record::{forward, forward_into, CallInfo, Output, Recorder, Submission};
 pub use tensor::Tensor;
+pub use tune::MaskClass;
+pub use warm_up::{WarmUp, WarmUpReport};
 
 /// One-call convenience: upload Q, K, V, run the fused forward on the GPU, read O and LSE back
 /// (native targets: it waits for the GPU).

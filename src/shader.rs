@@ -71,19 +71,25 @@ pub fn specialise(name: &str, source: &str, params: &Params) -> Result<String> {
     Ok(text)
 }
 
-/// [`specialise`] for a pipeline: the WGSL and the bind group layout entries of its entry point
-/// `entry` (every buffer binding of group 0 it uses, uniform or storage, read only unless the
-/// shader writes it), from one naga parse and validation.
-pub fn specialise_for(
-    name: &str,
-    source: &str,
-    params: &Params,
-    entry: &str,
-) -> Result<(String, Vec<wgpu::BindGroupLayoutEntry>)> {
+/// A specialised shader, parsed and validated once: its WGSL, its naga module and the bind
+/// group layout entries of one entry point.
+pub struct Specialised {
+    /// The WGSL text.
+    pub text: String,
+    /// The parsed, validated module (what native pipelines are created from: wgpu then skips
+    /// parsing the WGSL again, which for a large unrolled kernel takes seconds).
+    pub module: naga::Module,
+    /// Every buffer binding of group 0 the entry point uses, uniform or storage, read only
+    /// unless the shader writes it.
+    pub entries: Vec<wgpu::BindGroupLayoutEntry>,
+}
+
+/// [`specialise`] for a pipeline of entry point `entry`, from one naga parse and validation.
+pub fn specialise_for(name: &str, source: &str, params: &Params, entry: &str) -> Result<Specialised> {
     let text = expand(name, source, params)?;
     let (module, info) = parse_valid(name, &text)?;
     let entries = bindings(name, &module, &info, entry)?;
-    Ok((text, entries))
+    Ok(Specialised { text, module, entries })
 }
 
 /// The template steps (includes, params, conditionals, unrolling), without validation.
@@ -127,27 +133,29 @@ pub fn defaults(source: &str) -> Params {
 }
 
 /// Keep the lines between `// @if NAME` and `// @else` / `// @endif` when the @param NAME is
-/// non-zero, the lines after `// @else` otherwise (not nested).
+/// non-zero, the lines after `// @else` otherwise; conditionals nest.
 fn conditionals(lines: &[String], params: &Params) -> std::result::Result<Vec<String>, String> {
     let mut out = Vec::with_capacity(lines.len());
-    let mut keep: Option<bool> = None; // None: outside any @if
+    // one entry per open `@if`: (its condition, whether its lines are kept now)
+    let mut open: Vec<(bool, bool)> = Vec::new();
+    let outer = |open: &[(bool, bool)]| open.last().is_none_or(|&(_, keep)| keep);
     for line in lines {
         let t = line.trim();
         if let Some(name) = t.strip_prefix("// @if ") {
-            if keep.is_some() {
-                return Err("nested `// @if`".into());
-            }
             let v = params.get(name.trim()).ok_or_else(|| format!("`// @if {name}`: no such @param"))?;
-            keep = Some(*v != 0);
+            let keep = outer(&open) && *v != 0;
+            open.push((*v != 0, keep));
         } else if t == "// @else" {
-            keep = Some(!keep.ok_or("`// @else` without `// @if`")?);
+            let (cond, _) = open.pop().ok_or("`// @else` without `// @if`")?;
+            let keep = outer(&open) && !cond;
+            open.push((!cond, keep));
         } else if t == "// @endif" {
-            keep.take().ok_or("`// @endif` without `// @if`")?;
-        } else if keep.unwrap_or(true) {
+            open.pop().ok_or("`// @endif` without `// @if`")?;
+        } else if outer(&open) {
             out.push(line.clone());
         }
     }
-    if keep.is_some() {
+    if !open.is_empty() {
         return Err("`// @if` without `// @endif`".into());
     }
     Ok(out)
@@ -314,6 +322,22 @@ mod tests {
         assert_eq!(out.matches("struct Params {").count(), 1);
         assert!(!out.lines().any(|l| l.trim().starts_with("// @include ")));
         assert!(matches!(resolve_includes("t", "// @include nope.wgsl\n"), Err(Error::Shader { .. })));
+    }
+
+    #[test]
+    fn conditionals_nest() {
+        let src = "const A: u32 = 1u; // @param\nconst B: u32 = 1u; // @param\n// @if A\n// @if B\nab\n// @else\na_not_b\n// @endif\na\n// @else\nnot_a\n// @if B\nnot_a_b\n// @endif\n// @endif\n";
+        let kept = |a: u32, b: u32| {
+            let lines: Vec<String> = src.lines().map(String::from).collect();
+            let out = conditionals(&lines, &Params::from([("A", a), ("B", b)])).unwrap();
+            out.into_iter().filter(|l| !l.starts_with("const")).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(kept(1, 1), "ab a");
+        assert_eq!(kept(1, 0), "a_not_b a");
+        assert_eq!(kept(0, 1), "not_a not_a_b");
+        assert_eq!(kept(0, 0), "not_a");
+        let unbalanced: Vec<String> = vec!["// @if A".into()];
+        assert!(conditionals(&unbalanced, &Params::from([("A", 1)])).is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! The fastest fused-forward design differs by adapter (workgroup-memory tiles on a discrete GPU,
 //! registers and subgroup broadcasts on lavapipe: docs/LAVAPIPE.md), so the family is
-//! measured, not guessed from a vendor name. On the first call for a [`TuneKey`] (adapter, driver,
-//! wgpu version, kernels revision, padded head dim, dtype, mask class) each candidate family runs a representative
+//! measured, not guessed from a vendor name. Tuning a [`TuneKey`] (adapter, driver,
+//! wgpu version, kernels revision, compiled head dim, dtype, mask class), each candidate family runs a representative
 //! problem (B1 H8 N1024, that head dim and mask class: one warm-up call, which also pays the
 //! shader compilation, then the median of three, or one run alone when it is already over twice
 //! the best so far) and the fastest is kept, in memory and in a small
@@ -13,16 +13,19 @@
 //! The tuner sits above the kernels: it chooses a family ([`family_for`]) and hands it to the
 //! launch, which plans with it; tuning runs whole forward calls of a named family, so the
 //! kernels never call back into it. Controls are [`ContextOptions`](crate::ContextOptions)
-//! fields: `kernel` forces a family (tests, reproducible benches), `tune: false` skips measuring
-//! and uses [`default_family`] (register on CPU adapters, tiled elsewhere), `cache_dir` is where
-//! `tune.tsv` lives (`ContextOptions::from_env` reads `WGATTN_KERNEL`, `WGATTN_TUNE`,
-//! `WGATTN_CACHE_DIR`). A call's own launch hint [`Launch::kernel`](crate::attention::Launch::kernel) wins over all of them.
-//! `wgattn tune` fills the cache ahead of time.
+//! fields: `kernel` forces a family (tests, reproducible benches); `tune` ([`Tuning`]) says
+//! whether the cache is read (`Cached`, the default, and `OnFirstUse`) and whether a key it lacks
+//! is measured inside the call that needs it (`OnFirstUse` only: by default no call ever waits
+//! for tuning and a missing key takes [`default_family`], register on CPU adapters, tiled
+//! elsewhere); `cache_dir` is where `tune.tsv` lives (`ContextOptions::from_env` reads
+//! `WGATTN_KERNEL`, `WGATTN_TUNE`, `WGATTN_CACHE_DIR`). A call's own launch hint
+//! [`Launch::kernel`](crate::attention::Launch::kernel) wins over all of them. `wgattn tune`
+//! (or [`tune`] and [`remember`]) fills the cache on purpose.
 
 use std::path::PathBuf;
 
 use crate::attention::Attention;
-use crate::context::Context;
+use crate::context::{Context, Tuning};
 use crate::error::Result;
 use crate::kernels::flash::{default_family, Family};
 // what measuring needs (native targets: it waits for the GPU)
@@ -167,24 +170,29 @@ pub fn remember(ctx: &Context, key: &TuneKey, family: Family) {
     }
 }
 
-/// The family for a call: its launch hint [`Launch::kernel`](crate::attention::Launch::kernel), else the context's
-/// [`kernel`](crate::ContextOptions::kernel), else without tuning [`default_family`], else the
-/// tuned choice (measured now if neither memory nor the disk cache knows the key).
+/// The family for a call: its launch hint [`Launch::kernel`](crate::attention::Launch::kernel),
+/// else the context's [`kernel`](crate::ContextOptions::kernel), else as the context's
+/// [`Tuning`] says: the adapter's rule ([`default_family`]) with `Off`; otherwise the choice the
+/// tuning cache holds for the call's key, and for a key it lacks the adapter's rule (`Cached`)
+/// or a measurement made now and written to the cache (`OnFirstUse`).
 pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Family> {
     if let Some(f) = attn.launch.kernel.or(ctx.options().kernel) {
         return Ok(f);
     }
-    if !ctx.options().tune {
+    let tuning = ctx.options().tune;
+    if tuning == Tuning::Off {
         return Ok(default_family(ctx));
     }
     let key = TuneKey::new(ctx, head_dim, MaskClass::of(attn));
     if let Some(f) = ctx.tuned.lock().unwrap().get(&key) {
         return Ok(*f);
     }
-    let family = match read_cache(ctx, &key) {
-        Some(f) => f,
-        None => measure(ctx, &key)?,
+    let family = match (read_cache(ctx, &key), tuning) {
+        (Some(f), _) => f,
+        (None, Tuning::OnFirstUse) => measure(ctx, &key)?,
+        (None, _) => default_family(ctx),
     };
+    // the cache file is read once per key and context
     ctx.tuned.lock().unwrap().insert(key, family);
     Ok(family)
 }

@@ -82,10 +82,10 @@ fn every_specialisation_validates() {
 fn validate(cfg: TileConfig, d: usize) {
     let vec4 = d.is_multiple_of(4);
     for variant in [
-        Variant { vec4, softcap: false, alibi: false, bitmaps: false },
-        Variant { vec4, softcap: true, alibi: true, bitmaps: true },
-        Variant { vec4: false, softcap: true, alibi: false, bitmaps: true },
-        Variant { vec4: false, softcap: false, alibi: true, bitmaps: false },
+        Variant { vec4, softcap: false, alibi: false, bitmaps: false, padded: false },
+        Variant { vec4, softcap: true, alibi: true, bitmaps: true, padded: true },
+        Variant { vec4: false, softcap: true, alibi: false, bitmaps: true, padded: true },
+        Variant { vec4: false, softcap: false, alibi: true, bitmaps: false, padded: false },
     ] {
         cfg.specialised_source(variant).unwrap_or_else(|e| panic!("{cfg:?} {variant:?}: {e}"));
     }

@@ -1,19 +1,22 @@
 //! The autotuner: it times every candidate family, keeps a working one, caches the choice on disk
 //! in the context's cache folder, and later calls (and later contexts) reuse it without re-timing.
+//! By default (`Tuning::Cached`) a call never measures: it takes the cache's choice or the
+//! adapter's rule.
 
 mod common;
 
+use wgpu_attention::kernels::flash::default_family;
 use wgpu_attention::kernels::flash::Family;
 use wgpu_attention::testing::{run_case, Case};
 use wgpu_attention::tune::{self, cache_file, MaskClass, TuneKey};
-use wgpu_attention::{Attention, Causal};
+use wgpu_attention::{Attention, Causal, Tuning};
 
 #[test]
 fn tunes_caches_and_reuses() {
     let dir = std::env::temp_dir().join(format!("wgattn-tune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let tuned = |o: wgpu_attention::ContextOptions| {
-        let mut o = o.tune(true).cache_dir(Some(dir.clone()));
+        let mut o = o.tune(Tuning::OnFirstUse).cache_dir(Some(dir.clone()));
         o.kernel = None;
         o
     };
@@ -48,5 +51,39 @@ fn tunes_caches_and_reuses() {
     let e = run_case(&ctx3, &Case::new(40, 50, 48), 7).unwrap();
     assert!(e.pass(1e-5), "{e:?}");
     assert_eq!(e.info.unwrap().tiles.unwrap().family, forced);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn default_never_tunes_inside_a_call() {
+    let dir = std::env::temp_dir().join(format!("wgattn-cached-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cached = |o: wgpu_attention::ContextOptions| {
+        let mut o = o.tune(Tuning::default()).cache_dir(Some(dir.clone()));
+        o.kernel = None;
+        o
+    };
+    assert_eq!(Tuning::default(), Tuning::Cached);
+    let ctx = common::context_from(cached);
+
+    // a key the cache lacks: the adapter's rule, nothing measured, nothing written
+    let case = Case::new(70, 90, 64).attn(Attention::new().causal(Causal::BottomRight));
+    let e = run_case(&ctx, &case, 8).unwrap();
+    assert!(e.pass(1e-5), "{e:?}");
+    assert_eq!(e.info.unwrap().tiles.unwrap().family, default_family(&ctx));
+    assert!(!cache_file(&ctx).unwrap().exists(), "a call without Tuning::OnFirstUse wrote the tuning cache");
+
+    // a key the cache has: its choice, read by a new context
+    let planted = Family::Register { subgroups: false, wide: false };
+    tune::remember(&ctx, &TuneKey::new(&ctx, 40, MaskClass::Dense), planted);
+    let ctx2 = common::context_from(cached);
+    let e = run_case(&ctx2, &Case::new(40, 50, 40), 9).unwrap();
+    assert!(e.pass(1e-5), "{e:?}");
+    assert_eq!(e.info.unwrap().tiles.unwrap().family, planted);
+
+    // Off ignores the cache
+    let ctx3 = common::context_from(|o| cached(o).tune(Tuning::Off));
+    let e = run_case(&ctx3, &Case::new(40, 50, 40), 10).unwrap();
+    assert_eq!(e.info.unwrap().tiles.unwrap().family, default_family(&ctx3));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,9 +37,10 @@ pub(crate) fn entry_pipeline(
     params: &Params,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
     let key = PipelineKey { shader: name, entry, params: params.clone() };
-    ctx.pipeline(key, |device| {
+    ctx.pipeline(key, |device, cache| {
         // the WGSL and an explicit layout reflected from it, from one naga validation
-        let (text, entries) = shader::specialise_for(name, source, params, entry)?;
+        let specialised = shader::specialise_for(name, source, params, entry)?;
+        let entries = specialised.entries;
         let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(name),
             entries: &entries,
@@ -51,7 +52,11 @@ pub(crate) fn entry_pipeline(
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(text.into()),
+            // native: the module already parsed (no second WGSL parse); the web takes WGSL
+            #[cfg(not(target_arch = "wasm32"))]
+            source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(specialised.module)),
+            #[cfg(target_arch = "wasm32")]
+            source: wgpu::ShaderSource::Wgsl(specialised.text.into()),
         });
         Ok(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
@@ -59,7 +64,7 @@ pub(crate) fn entry_pipeline(
             module: &module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
-            cache: None,
+            cache,
         }))
     })
 }

@@ -41,7 +41,7 @@ use wgpu_attention::mask::{Dims, TOPK_MAX};
 use wgpu_attention::testing::Case;
 use wgpu_attention::{
     Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, DType, Error, HostTensor, Mask, Output,
-    Problem, Tensor, MAX_HEAD_DIM,
+    Problem, Tensor, Tuning, MAX_HEAD_DIM,
 };
 
 use crate::{one_line, plot, BenchArgs, CliError};
@@ -391,16 +391,19 @@ impl Row {
 pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let sweep = resolve(args)?;
     let env_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    // The fused kernel's first call per (head dim, mask class) autotunes its family, compiling
+    // A full sweep compares the best each backend can do: the fused kernel's first call per (head
+    // dim, mask class) the tuning cache lacks autotunes its family (Tuning::OnFirstUse), compiling
     // and timing every candidate: up to a minute on a software adapter with cold caches. A quick
-    // sweep takes the adapter's default family instead (set WGATTN_TUNE=on to tune).
+    // sweep, or one with WGATTN_TUNE set, takes the library's default (the cache's choice, else
+    // the adapter's rule; WGATTN_TUNE=on to tune).
+    let tune = !args.quick && !env_set("WGATTN_TUNE") && !env_set("WGATTN_KERNEL");
     let untuned = args.quick && !env_set("WGATTN_TUNE") && !env_set("WGATTN_KERNEL");
     let mut merged = Vec::new();
     for path in args.merge_json.iter().flatten() {
         merged.extend(read_rows(path)?);
     }
     let started = Instant::now();
-    let mut runner = Runner::new(&sweep, !untuned);
+    let mut runner = Runner::new(&sweep, tune);
     let bar = progress_bar(sweep.specs.len());
     let mut rows = Vec::with_capacity(sweep.specs.len() + merged.len());
     for spec in &sweep.specs {
@@ -417,7 +420,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     println!("{}", runner.header(&sweep));
     if untuned {
         println!(
-            "--quick: fused kernel family not autotuned (the adapter's default; WGATTN_TUNE=on to tune)"
+            "fused kernel family not autotuned here (the tuning cache's choice, else the adapter's default; WGATTN_TUNE=on to tune)"
         );
     }
     print!("{}", table(&rows));
@@ -445,7 +448,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn progress_bar(len: usize) -> ProgressBar {
+pub(crate) fn progress_bar(len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -852,7 +855,8 @@ impl Runner {
         let backend = spec.backend;
         let tune = self.tune;
         let gpu = self.gpus.entry(backend).or_insert_with(|| {
-            let options = ContextOptions::from_env().map(|o| if tune { o } else { o.tune(false) });
+            let options =
+                ContextOptions::from_env().map(|o| if tune { o.tune(Tuning::OnFirstUse) } else { o });
             let ctx = options
                 .and_then(|o| Context::with_options(&o.gpu_timing(true)))
                 .map_err(|e| one_line(&e.to_string()));

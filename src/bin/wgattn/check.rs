@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wgpu_attention::kernels::flash::{TileConfig, FAMILIES};
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
-use wgpu_attention::{Attention, Causal, Context, Layout, Mask};
+use wgpu_attention::{Attention, Causal, Context, Layout, Mask, MaskClass, WarmUp};
 
 use crate::{one_line, CheckArgs, CliError};
 
@@ -36,6 +36,17 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
     let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
     println!("{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}  result", "case", "rel", "max abs", "lse abs", "time");
     println!("{}", "-".repeat(width + 50));
+
+    // compile first, apart: what the cases need, by tiny calls (seconds to minutes on a software
+    // adapter with a cold shader cache; docs/COMPILE.md)
+    let compile = warm_up(&ctx, &cases)?;
+    println!(
+        "compile: {:.1} s ({} pipelines for {} head-dim, mask-class and kernel combinations)",
+        compile.elapsed.as_secs_f64(),
+        compile.pipelines,
+        compile.steps
+    );
+    let compiled = ctx.cached_pipelines();
 
     let (mut passed, mut failed) = (0usize, 0usize);
     let started = Instant::now();
@@ -59,9 +70,11 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
         );
     }
     println!(
-        "{} cases in {:.1} s, tolerance rel {TOLERANCE:e}",
+        "run: {} cases in {:.1} s ({} more pipelines compiled while running: soft-capping, ALiBi and \
+         unaligned variants), tolerance rel {TOLERANCE:e}",
         cases.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        ctx.cached_pipelines() - compiled
     );
     if failed > 0 {
         println!("reproduce with `wgattn check --seed {seed}`");
@@ -70,11 +83,39 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
     Ok(failed == 0)
 }
 
+/// What the compile phase did.
+struct Compiled {
+    steps: usize,
+    pipelines: usize,
+    elapsed: std::time::Duration,
+}
+
+/// Compile what `cases` need: one warm-up per (head dim, mask class, forced kernel family) they
+/// use (the soft-capping, ALiBi and unaligned variants compile when their case runs).
+fn warm_up(ctx: &Context, cases: &[Case]) -> Result<Compiled, CliError> {
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    let (mut steps, mut pipelines) = (0, 0);
+    for case in cases {
+        let key = (case.head_dim, MaskClass::of(&case.attn), case.attn.launch.kernel);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let (d, class, kernel) = key;
+        let plan = WarmUp::new(&[d]).masks(&[class]).kernels(kernel.as_slice());
+        let r = ctx.warm_up(&plan, |_, _| {})?;
+        steps += r.steps;
+        pipelines += r.pipelines;
+    }
+    Ok(Compiled { steps, pipelines, elapsed: started.elapsed() })
+}
+
 fn columns(e: &Errors) -> [String; 3] {
     [e.rel, e.max_abs, e.lse_max_abs].map(|x| format!("{x:.2e}"))
 }
 
-/// The fixed cases of the full suite (5 to 15 s on lavapipe with the random ones).
+/// The fixed cases of the full suite.
 fn full() -> Vec<Case> {
     let br = || Attention::new().causal(Causal::BottomRight);
     let tl = || Attention::new().causal(Causal::TopLeft);
@@ -202,7 +243,7 @@ fn long() -> Vec<Case> {
     ]
 }
 
-/// The fixed cases of `--quick` (1 to 4 s on lavapipe with the random ones).
+/// The fixed cases of `--quick`.
 fn quick() -> Vec<Case> {
     vec![
         Case::new(113, 203, 64),

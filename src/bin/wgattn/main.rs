@@ -5,6 +5,7 @@
 //!   adapter;
 //! - `wgattn run` computes attention on NumPy `.npy` files, on the GPU or with the CPU oracle;
 //! - `wgattn tune` fills the kernel-family tuning cache for this adapter;
+//! - `wgattn warm-up` compiles ahead of time the kernels of given head dims and mask classes;
 //! - `wgattn bench` times the backends (fused and naive GPU kernels, fast CPU path, oracle) over
 //!   shapes and masks and writes a table, JSON, CSV and an SVG plot.
 //!
@@ -20,6 +21,7 @@ mod npy;
 mod plot;
 mod run;
 mod tune;
+mod warm_up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +70,43 @@ enum Command {
     /// Time every kernel family on this adapter for common head dims and mask classes, keep the
     /// fastest per key, and write the tuning cache the library reads.
     Tune(TuneArgs),
+    /// Compile ahead of time the kernels that calls with these head dims and mask classes will
+    /// need (a slow start instead of a slow first call).
+    WarmUp(WarmUpArgs),
+}
+
+/// Options of `wgattn warm-up`.
+#[derive(Args, Debug)]
+pub struct WarmUpArgs {
+    /// Head dims (kernels compile in sizes of 32: 64 also serves 33..=64).
+    #[arg(long, value_delimiter = ',', value_name = "D,...", default_value = "64,128")]
+    pub head_dim: Vec<usize>,
+    /// Mask classes.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "M,...",
+        default_value = "dense,causal,table"
+    )]
+    pub mask: Vec<MaskClassArg>,
+    /// Also the soft-capping variants.
+    #[arg(long)]
+    pub softcap: bool,
+    /// Also the ALiBi variants.
+    #[arg(long)]
+    pub alibi: bool,
+}
+
+/// `wgattn warm-up --mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MaskClassArg {
+    /// No mask, or key padding only (also the merge of split keys).
+    Dense,
+    /// Causal.
+    Causal,
+    /// Block tables: masks, sparse patterns, top-k.
+    Table,
 }
 
 /// Options of `wgattn tune`.
@@ -334,6 +373,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Tune(args) => tune::tune(args).map(|()| ExitCode::SUCCESS),
+        Command::WarmUp(args) => warm_up::warm_up(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {}", one_line(&e.to_string()));

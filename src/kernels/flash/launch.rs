@@ -208,8 +208,8 @@ pub(crate) fn encode_valid(
     };
 
     let (name, source) = plan.tiles.source();
-    let kv_aligned = [k, v].iter().all(|t| t.offset % 4 == 0 && t.strides.iter().all(|s| s % 4 == 0));
-    let variant = Variant::for_call(ctx, p.head_dim, attn, table, kv_aligned);
+    let aligned = [q, k, v, o].iter().all(|t| t.offset % 4 == 0 && t.strides.iter().all(|s| s % 4 == 0));
+    let variant = Variant::for_call(ctx, p.head_dim, attn, table, aligned);
     let pipeline = pipeline(ctx, name, source, &plan.tiles.params(variant))?;
 
     let mut dispatches = 0;

@@ -16,4 +16,4 @@ pub(crate) use launch::{encode_valid, Io};
 #[cfg(test)]
 pub(crate) use launch::ForwardParams;
 pub use plan::{plan, Chunk, Plan, MAX_KEYS_PER_SPLIT};
-pub use tiles::{default_family, Family, TileConfig, Variant, FAMILIES};
+pub use tiles::{compiled_head_dim, default_family, Family, TileConfig, Variant, FAMILIES, HEAD_DIM_STEP};

@@ -9,6 +9,20 @@ use crate::mask::BlockMask;
 use crate::shader::Params;
 
 const SOURCE: &str = include_str!("../../../shaders/flash_forward.wgsl");
+
+/// Head dims are compiled in steps of this many elements: a kernel specialised for head dim
+/// `D` (a multiple of 32 up to [`crate::MAX_HEAD_DIM`]: 32, 64, 96, …, 256) serves every head dim
+/// in `D − 31..=D`, the elements past the call's head dim masked at run time, as
+/// FlashAttention compiles a fixed set of head dims. So an application with odd head dims
+/// compiles at most 8 sizes per kernel variant, and a second head dim in a size already
+/// compiled costs no compilation.
+pub const HEAD_DIM_STEP: usize = 32;
+
+/// The head dim a kernel for `head_dim` is compiled for: `head_dim` rounded up to a multiple of
+/// [`HEAD_DIM_STEP`].
+pub fn compiled_head_dim(head_dim: usize) -> usize {
+    head_dim.max(1).div_ceil(HEAD_DIM_STEP) * HEAD_DIM_STEP
+}
 const REGISTER_SOURCE: &str = include_str!("../../../shaders/flash_register.wgsl");
 
 /// The kernel families of the fused forward; both take every option and mask.
@@ -72,7 +86,8 @@ pub struct TileConfig {
     pub tpr: u32,
     /// Register: keys whose scores an invocation computes together (divides `bk`; tiled: 1).
     pub kp: u32,
-    /// Head dim padded (to a multiple of `4·tpr` for tiled, of 4 for register).
+    /// The head dim compiled for ([`compiled_head_dim`]); a call's own head dim may be up to
+    /// 31 less.
     pub d_pad: u32,
 }
 
@@ -81,8 +96,8 @@ pub struct TileConfig {
 /// nothing in the inner loop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Variant {
-    /// K and V are read as vec4s: the head dim is a multiple of 4 (so are all strides) and binding
-    /// windows start 16-byte aligned.
+    /// Q, K, V and O are accessed as vec4s: the head dim is a multiple of 4 (so are all strides
+    /// and offsets) and binding windows start 16-byte aligned.
     pub vec4: bool,
     /// Logit soft-capping.
     pub softcap: bool,
@@ -90,34 +105,39 @@ pub struct Variant {
     pub alibi: bool,
     /// A block table with partial blocks, whose bitmaps the kernel tests per element.
     pub bitmaps: bool,
+    /// The call's head dim is below the compiled one ([`compiled_head_dim`]): vec4 key loads
+    /// past it read zeros.
+    pub padded: bool,
 }
 
 impl Variant {
     /// The variant of a call with head dim `head_dim`, options `attn` and block table `table`;
-    /// `kv_aligned`: K's and V's offsets and strides are multiples of 4 elements.
+    /// `aligned`: Q's, K's, V's and O's offsets and strides are multiples of 4 elements.
     pub fn for_call(
         ctx: &Context,
         head_dim: usize,
         attn: &Attention,
         table: Option<&BlockMask>,
-        kv_aligned: bool,
+        aligned: bool,
     ) -> Self {
         Self {
             vec4: head_dim.is_multiple_of(4)
-                && kv_aligned
+                && aligned
                 && ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16),
             softcap: attn.softcap.is_some(),
             alibi: attn.alibi_slopes.is_some(),
             bitmaps: table.is_some_and(|t| !t.bits.is_empty()),
+            padded: compiled_head_dim(head_dim) != head_dim,
         }
     }
 
-    fn params(&self) -> [(&'static str, u32); 4] {
+    fn params(&self) -> [(&'static str, u32); 5] {
         [
             ("VEC4", self.vec4 as u32),
             ("SOFTCAP", self.softcap as u32),
             ("ALIBI", self.alibi as u32),
             ("BITS", self.bitmaps as u32),
+            ("PAD", self.padded as u32),
         ]
     }
 }
@@ -125,8 +145,10 @@ impl Variant {
 impl TileConfig {
     /// Tiled family: the largest tiles that fit the adapter's workgroup memory and invocations.
     pub fn choose(head_dim: usize, limits: &wgpu::Limits) -> Result<Self> {
+        let head_dim = compiled_head_dim(head_dim);
         let tpr = if head_dim <= 64 { 4 } else { 8 };
-        let d_pad = (head_dim as u32).div_ceil(4 * tpr) * 4 * tpr;
+        // a multiple of 32, so of 4·tpr
+        let d_pad = compiled_head_dim(head_dim) as u32;
         let candidates = [(32, 32), (16, 32), (16, 16), (8, 16), (8, 8), (4, 8), (2, 8)];
         let mut smallest = 0;
         for (bq, bk) in candidates {
@@ -161,6 +183,7 @@ impl TileConfig {
         table: Option<usize>,
         wide: bool,
     ) -> Self {
+        let head_dim = compiled_head_dim(head_dim);
         let lanes: u32 = if subgroup_min_size.is_some_and(|s| s >= 16) { 16 } else { 8 };
         // (rows, keys scored together), measured on llvmpipe (docs/LAVAPIPE.md)
         let (mut rows, kp): (u32, u32) = match (lanes, head_dim, wide) {
@@ -187,7 +210,7 @@ impl TileConfig {
             bk: kb,
             tpr: rows,
             kp: kp.min(kb),
-            d_pad: (head_dim as u32).div_ceil(4) * 4,
+            d_pad: compiled_head_dim(head_dim) as u32,
         }
     }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Time to first result: `wgattn run` at B1 H8 N256 for each head dim, in one process each, with the
+# Mesa shader cache and the wgpu-attention caches emptied first (cold) and then kept (warm). Prints
+# one row per head dim: wall seconds and peak resident memory. Usage:
+#   scripts/first_run.sh [WGATTN] [D ...]       (default: target/release/wgattn, D 40 64 111 128 256)
+set -euo pipefail
+bin=${1:-target/release/wgattn}
+shift || true
+dims=${*:-40 64 111 128 256}
+work=$(mktemp -d)
+export MESA_SHADER_CACHE_DIR=$work/mesa WGATTN_CACHE_DIR=$work/wgattn
+python3 - "$work" $dims <<'PY'
+import sys, numpy as np
+work, dims = sys.argv[1], sys.argv[2:]
+rng = np.random.default_rng(0)
+for d in dims:
+    for name in "qkv":
+        np.save(f"{work}/{name}{d}.npy", rng.standard_normal((1, 8, 256, int(d))).astype(np.float32))
+PY
+run() {
+    local d=$1 label=$2
+    /usr/bin/time -f "%e %M" -o "$work/time" "$bin" run --q "$work/q$d.npy" --k "$work/k$d.npy" \
+        --v "$work/v$d.npy" --out "$work/o.npy" >/dev/null
+    read -r secs kib <"$work/time"
+    printf '%-5s %-6s %8.2f s %8.0f MiB\n' "$d" "$label" "$secs" "$((kib / 1024))"
+}
+printf '%-5s %-6s %10s %12s\n' D cache wall peak-rss
+for d in $dims; do run "$d" first; run "$d" again; done
+rm -rf "$work"

@@ -1,0 +1,90 @@
+//! Time to first result, as behaviour: head dims compile in sizes of 32 (a second head dim of a
+//! compiled size builds no pipeline), padded head dims are exact even where the elements after
+//! a row are not finite, and `Context::warm_up` compiles ahead what later calls use.
+
+mod common;
+
+use wgpu_attention::kernels::flash::compiled_head_dim;
+use wgpu_attention::testing::{run_case, Case};
+use wgpu_attention::{cpu, forward, Attention, Causal, HostTensor, Layout, MaskClass, Shape, Tensor, WarmUp};
+
+#[test]
+fn head_dims_share_compiled_sizes() {
+    assert_eq!(
+        [1, 32, 33, 40, 64, 65, 111, 128, 255, 256].map(compiled_head_dim),
+        [32, 32, 64, 64, 64, 96, 128, 128, 256, 256]
+    );
+    let ctx = common::context_from(|o| o);
+    // 40 and 48 are both below 64, multiples of 4: one kernel
+    common::check_on(&ctx, &Case::new(70, 90, 40).attn(Attention::new().causal(Causal::BottomRight)));
+    let before = ctx.cached_pipelines();
+    let e =
+        run_case(&ctx, &Case::new(70, 90, 48).attn(Attention::new().causal(Causal::BottomRight)), 3).unwrap();
+    assert!(e.pass(common::F32_REL_TOL), "{e:?}");
+    assert_eq!(ctx.cached_pipelines(), before, "head dim 48 compiled a pipeline after 40");
+    assert_eq!(e.info.unwrap().tiles.unwrap().d_pad, 64);
+}
+
+#[test]
+fn padded_head_dims_ignore_what_follows_a_row() {
+    // K and V rows of 40 elements at a stride of 64, the 24 elements after each row NaN: the
+    // kernel compiled for 64 must not let them into q·k or O
+    let ctx = common::ctx();
+    let (b, h, n, d, stride) = (1, 2, 75, 40, 64);
+    let full = Shape::new(b, h, n, stride);
+    let pattern = |seed: usize| -> Vec<f32> {
+        (0..full.len())
+            .map(|i| if i % stride >= d { f32::NAN } else { ((i * 31 + seed) % 97) as f32 / 97.0 - 0.5 })
+            .collect()
+    };
+    let shape = Shape::new(b, h, n, d);
+    let strides = [h * n * stride, n * stride, stride];
+    let upload = |seed| {
+        let t = Tensor::upload(ctx, &HostTensor::new(pattern(seed), full, Layout::Bhsd).unwrap()).unwrap();
+        t.view(shape, strides, 0).unwrap()
+    };
+    let (q, k, v) = (upload(1), upload(2), upload(3));
+    let host = |t: &Tensor| t.to_host(ctx).unwrap();
+    for attn in [Attention::new(), Attention::new().causal(Causal::TopLeft)] {
+        let out = forward(ctx, &q, &k, &v, &attn).unwrap();
+        let got = out.o.to_host(ctx).unwrap();
+        let want = cpu::reference::attention(&host(&q), &host(&k), &host(&v), &attn).unwrap();
+        let (rel, max_abs) = cpu::reference::compare(&got.data, &want.o);
+        assert!(rel < common::F32_REL_TOL && max_abs.is_finite(), "rel {rel:e}, max abs {max_abs:e}");
+        assert_eq!(out.info.tiles.unwrap().d_pad, 64);
+    }
+}
+
+#[test]
+fn warm_up_compiles_what_calls_use() {
+    let ctx = common::context_from(|o| o);
+    let plan = WarmUp::new(&[40, 64]).masks(&[MaskClass::Dense, MaskClass::Causal]);
+    let mut seen = Vec::new();
+    let report = ctx.warm_up(&plan, |done, total| seen.push((done, total))).unwrap();
+    assert_eq!(report.steps, 4);
+    assert_eq!(seen, [(1, 4), (2, 4), (3, 4), (4, 4)]);
+    // a forward kernel per compiled head dim (causality is a uniform, not a variant) and the merge
+    assert_eq!(report.pipelines, 3, "{report:?}");
+    // nothing left to compile: again, and for calls of those head dims and masks
+    assert_eq!(ctx.warm_up(&plan, |_, _| {}).unwrap().pipelines, 0);
+    let before = ctx.cached_pipelines();
+    for case in [
+        Case::new(100, 130, 40).heads(2, 4, 2),
+        Case::new(33, 200, 36).attn(Attention::new().causal(Causal::BottomRight)),
+        Case::new(64, 64, 64).heads(1, 2, 1).attn(Attention::new().num_splits(3)),
+    ] {
+        let e = run_case(&ctx, &case, 11).unwrap();
+        assert!(e.pass(common::F32_REL_TOL), "{case}: {e:?}");
+    }
+    assert_eq!(ctx.cached_pipelines(), before, "a call compiled a pipeline the warm-up should have");
+
+    // bad plans are typed errors
+    assert!(matches!(
+        ctx.warm_up(&WarmUp::new(&[0]), |_, _| {}),
+        Err(wgpu_attention::Error::HeadDimUnsupported { .. })
+    ));
+    assert!(matches!(
+        ctx.warm_up(&WarmUp::new(&[wgpu_attention::MAX_HEAD_DIM + 1]), |_, _| {}),
+        Err(wgpu_attention::Error::HeadDimUnsupported { .. })
+    ));
+}
