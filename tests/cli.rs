@@ -251,6 +251,25 @@ fn check_quick_passes() {
         matches!(counts[..], ["check:", n, "passed,", "0", "failed"] if n.parse::<usize>().is_ok_and(|n| n > 0)),
         "bad summary line `{summary}`"
     );
+    // compile time apart from run time
+    let compile = stdout.lines().find(|l| l.starts_with("compile: ")).expect("compile line");
+    assert!(compile.contains(" s (") && compile.contains("pipelines"), "{compile}");
+    assert!(stdout.lines().any(|l| l.starts_with("run: ") && l.contains("cases in")), "{stdout}");
+}
+
+#[test]
+fn warm_up_compiles_and_reports() {
+    let out = wgattn(&["warm-up", "--head-dim", "32,20", "--mask", "dense,causal"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "wgattn warm-up failed:\n{stdout}\n{}", text(&out.stderr));
+    // 32 and 20 are different kernels of one size (20 is padded); dense and causal each
+    let line = stdout.lines().find(|l| l.starts_with("warm-up: ")).expect("summary line");
+    assert!(line.starts_with("warm-up: 4 steps, ") && line.ends_with(" s"), "{line}");
+    let bad = wgattn(&["warm-up", "--head-dim", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("head dim 0"), "{}", text(&bad.stderr));
+    let bad = wgattn(&["warm-up", "--mask", "nope"]);
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 // ---- masks (issue 3) ----
