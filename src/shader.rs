@@ -30,6 +30,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
     ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
     ("naive.wgsl", include_str!("../shaders/naive.wgsl")),
+    ("repack.wgsl", include_str!("../shaders/repack.wgsl")),
     ("score_terms.wgsl", include_str!("../shaders/score_terms.wgsl")),
     ("topk.wgsl", include_str!("../shaders/topk.wgsl")),
 ];

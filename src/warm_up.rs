@@ -8,7 +8,8 @@
 //! Head dims compile in sizes of [`crate::kernels::flash::HEAD_DIM_STEP`] (32): warming head
 //! dim 64 also serves 33..=64. What stays for the first real call: the variants of options the
 //! warm-up was not told of (soft-capping, ALiBi: [`WarmUp::softcap`], [`WarmUp::alibi`]), and
-//! K/V views whose offsets or strides are not multiples of 4 elements.
+//! the two small copy kernels of views whose offsets or strides are not multiples of 4 elements
+//! (warming any head dim that is not a multiple of 4 compiles them too).
 //!
 //! ```
 //! use wgpu_attention::{Context, MaskClass, WarmUp};

@@ -26,6 +26,45 @@ fn head_dims_share_compiled_sizes() {
 }
 
 #[test]
+fn unaligned_views_run_the_vec4_kernel_of_their_size() {
+    // head dims that are not multiples of 4, and views at odd offsets, are packed into aligned
+    // copies (kernels::repack): once the pack and unpack pipelines exist, head dim 111 reuses
+    // the kernel that 100 compiled, and an odd-offset view of head dim 64 the one 64 compiled
+    let ctx = common::context_from(|o| o);
+    common::check_on(&ctx, &Case::new(50, 70, 100).heads(1, 2, 1).attn(Attention::new().num_splits(2)));
+    common::check_on(&ctx, &Case::new(50, 70, 97).heads(1, 2, 1).layout(Layout::Bshd));
+    let before = ctx.cached_pipelines();
+    for case in [
+        Case::new(61, 83, 111).heads(2, 4, 2).attn(Attention::new().causal(Causal::TopLeft)),
+        Case::new(61, 83, 111).heads(1, 2, 2).layout(Layout::Bshd).attn(Attention::new().num_splits(2)),
+    ] {
+        let e = run_case(&ctx, &case, 21).unwrap();
+        assert!(e.pass(common::F32_REL_TOL), "{case}: {e:?}");
+        assert_eq!(e.info.unwrap().tiles.unwrap().d_pad, 128);
+    }
+    assert_eq!(ctx.cached_pipelines(), before, "head dim 111 compiled a kernel of its own");
+
+    // an odd-offset view of Q, K, V and O (one element in)
+    let (b, h, n, d) = (1, 2, 45, 64);
+    let shape = Shape::new(b, h, n, d);
+    let data =
+        |seed: usize| (0..shape.len() + 1).map(|i| ((i * 13 + seed) % 89) as f32 / 89.0 - 0.5).collect();
+    let flat = Shape::new(1, 1, 1, shape.len() + 1);
+    let view = |seed| {
+        let t = Tensor::upload(&ctx, &HostTensor::new(data(seed), flat, Layout::Bhsd).unwrap()).unwrap();
+        t.view(shape, Layout::Bhsd.strides(shape), 1).unwrap()
+    };
+    let (q, k, v, o) = (view(1), view(2), view(3), view(4));
+    let lse = Tensor::zeros(&ctx, Shape::new(b, h, n, 1), Layout::Bhsd).unwrap();
+    let attn = Attention::new().causal(Causal::BottomRight);
+    wgpu_attention::forward_into(&ctx, &q, &k, &v, &attn, &o, &lse).unwrap();
+    let host = |t: &Tensor| t.to_host(&ctx).unwrap();
+    let want = cpu::reference::attention(&host(&q), &host(&k), &host(&v), &attn).unwrap();
+    let (rel, _) = cpu::reference::compare(&host(&o).data, &want.o);
+    assert!(rel < common::F32_REL_TOL, "rel {rel:e}");
+}
+
+#[test]
 fn padded_head_dims_ignore_what_follows_a_row() {
     // K and V rows of 40 elements at a stride of 64, the 24 elements after each row NaN: the
     // kernel compiled for 64 must not let them into q·k or O

@@ -6,6 +6,7 @@
 pub mod flash;
 pub(crate) mod merge;
 pub mod naive;
+pub(crate) mod repack;
 pub mod topk;
 #[cfg(test)]
 mod uniform_layout;

@@ -9,6 +9,7 @@ use naga::{AddressSpace, Scalar, ScalarKind, TypeInner};
 
 use super::flash::{ForwardParams, TileConfig, Variant};
 use super::merge::MergeParams;
+use super::repack::RepackParams;
 use super::naive::{self, NaiveParams};
 use super::topk::TopKParams;
 use crate::mask::TOPK_MAX;
@@ -262,6 +263,22 @@ fn topk_params_match_topk_wgsl() {
     });
     let wgsl = specialised("topk.wgsl", &Params::from([("K_MAX", TOPK_MAX as u32)]));
     check("TopKParams", &wgsl, fields);
+}
+
+#[test]
+fn repack_params_match_repack_wgsl() {
+    let fields = rust_fields!(RepackParams {
+        batch,
+        heads,
+        seq,
+        head_dim,
+        packed_dim,
+        grid_x,
+        wg_offset,
+        view_base,
+        stride,
+    });
+    check("RepackParams", &specialised("repack.wgsl", &Params::new()), fields);
 }
 
 /// The check itself fails, naming the field, where the two sides disagree.

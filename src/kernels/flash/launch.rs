@@ -12,7 +12,7 @@ use crate::dtype::{word_bytes, DType};
 use crate::error::{Error, Result};
 use crate::kernels::merge::{self, MergeBuffers, MergeParams};
 use crate::kernels::topk;
-use crate::kernels::{aux_words, causal_code, check_tensors, dispatch_all, pipeline, strides4, Window};
+use crate::kernels::{aux_words, causal_code, check_tensors, dispatch_all, pipeline, repack, strides4, Window};
 use crate::mask::BlockMask;
 use crate::record::CallInfo;
 use crate::tensor::{check_buffer_size, Tensor};
@@ -90,6 +90,42 @@ pub fn encode(
     encode_valid(ctx, encoder, timing, &p, family, Io { q, k, v, o, lse }, attn)
 }
 
+/// [`encode_valid`] on packed, zero-padded copies of Q, K, V and O (see [`repack`]): pack, the
+/// forward on the copies (its own pass, the one `timing` times), unpack O.
+fn encode_packed(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timing: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    p: &Problem,
+    family: Family,
+    io: Io<'_>,
+    attn: &Attention,
+) -> Result<CallInfo> {
+    let Io { q, k, v, o, lse } = io;
+    let [qp, kp, vp, op] = [q, k, v, o].map(|t| repack::packed_zeros(ctx, t.shape));
+    let (qp, kp, vp, op) = (qp?, kp?, vp?, op?);
+    let mut dispatches = 0;
+    {
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("pack"), timestamp_writes: None });
+        for (view, packed) in [(q, &qp), (k, &kp), (v, &vp)] {
+            dispatches += repack::encode(ctx, &mut pass, view, packed, false)?;
+        }
+    }
+    // the padding adds nothing to q·k; the scale stays the caller's head dim's
+    let packed_attn = attn.clone().scale(attn.scale_for(p.head_dim));
+    let pp = packed_attn.validate(qp.shape, kp.shape, vp.shape)?;
+    let io = Io { q: &qp, k: &kp, v: &vp, o: &op, lse };
+    let mut info = encode_valid(ctx, encoder, timing, &pp, family, io, &packed_attn)?;
+    {
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("unpack"), timestamp_writes: None });
+        dispatches += repack::encode(ctx, &mut pass, o, &op, true)?;
+    }
+    info.dispatches += dispatches;
+    Ok(info)
+}
+
 /// [`encode`] of a validated problem `p`.
 pub(crate) fn encode_valid(
     ctx: &Context,
@@ -107,6 +143,14 @@ pub(crate) fn encode_valid(
             "K has strides {:?} but V {:?}: they must agree",
             k.strides, v.strides
         )));
+    }
+    // views the kernels cannot access as vec4s run on packed copies (kernels::repack)
+    let vec4_ready = [q, k, v, o].into_iter().all(repack::vec4_ready);
+    if !vec4_ready
+        && ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16)
+        && repack::fits(ctx, &[q, k, v, o])
+    {
+        return encode_packed(ctx, encoder, timing, p, family, io, attn);
     }
     // a mask is lowered to a block table (a prebuilt one is used as it is)
     let built;
@@ -208,8 +252,7 @@ pub(crate) fn encode_valid(
     };
 
     let (name, source) = plan.tiles.source();
-    let aligned = [q, k, v, o].iter().all(|t| t.offset % 4 == 0 && t.strides.iter().all(|s| s % 4 == 0));
-    let variant = Variant::for_call(ctx, p.head_dim, attn, table, aligned);
+    let variant = Variant::for_call(ctx, p.head_dim, attn, table, vec4_ready);
     let pipeline = pipeline(ctx, name, source, &plan.tiles.params(variant))?;
 
     let mut dispatches = 0;
