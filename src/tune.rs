@@ -44,8 +44,9 @@ pub const WGPU_VERSION: &str = "30";
 
 /// Revision of the kernels and the candidate list (part of the tuning key, so that a cache
 /// written before a new candidate existed is measured again). 2: `register-wide`; 3: register
-/// kernels shaped for 16-lane subgroups, keys scored KP at a time.
-pub const KERNELS_REVISION: u32 = 3;
+/// kernels shaped for 16-lane subgroups, keys scored KP at a time; 4: compiled head-dim sizes of
+/// 32, vec4 Q and O.
+pub const KERNELS_REVISION: u32 = 4;
 
 /// Mask classes that may prefer different families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
