@@ -7,6 +7,13 @@
 //! key splits, and long key ranges that trip lavapipe's 65,535-loop-iteration limit when a kernel
 //! does not split them. A few cases with random sizes and options, drawn from the seed, follow the
 //! fixed ones. `--quick` runs a representative subset.
+//!
+//! The pipelines the cases need are compiled first (one tiny call per head dim, mask class and
+//! kernel family: [`Context::warm_up`]), so the two times print apart. On CI's machine (2-core
+//! AMD EPYC, lavapipe at 256 bits, `wgattn check --seed 1`): with cold caches 660 s compiling 32
+//! pipelines and 78 s running the 79 cases (6 more pipelines compiled there: soft-capping, ALiBi
+//! and unaligned variants); with Mesa's shader cache warm 62 s and 12 s (docs/PERFORMANCE.md;
+//! measured before the other families moved to head dim 40 alone, which compiles fewer).
 
 use std::time::Instant;
 

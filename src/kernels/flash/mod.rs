@@ -5,7 +5,8 @@
 //!
 //! Device memory per call: O (`4·B·Hq·Nq·D` bytes), LSE (`4·B·Hq·Nq`), a small aux buffer
 //! (`4·(B + Hq)`) and a uniform per dispatch; with a split key range also partial states of
-//! `4·rows·n_splits·(D + 1)` bytes for the largest chunk of rows. Nothing is O(Nq·Nk).
+//! `4·rows·n_splits·(D + 1)` bytes for the largest chunk of rows; for a call whose tensors are not
+//! all vec4-aligned, packed copies of Q, K, V and O (`kernels::repack`). Nothing is O(Nq·Nk).
 
 mod launch;
 pub mod plan;
