@@ -46,10 +46,12 @@ pub(crate) fn vec4_ready(t: &Tensor) -> bool {
 /// Whether `views` can be packed: each view, and its packed copy, fits one storage binding.
 pub(crate) fn fits(ctx: &Context, views: &[&Tensor]) -> bool {
     let max = ctx.limits().max_storage_buffer_binding_size;
+    // a view's binding window starts up to one offset alignment before its first element
+    let slack = ctx.limits().min_storage_buffer_offset_alignment as u64;
     views.iter().all(|t| {
         let (first, end) = t.extent();
         let packed = packed_shape(t.shape).len() as u64;
-        t.dtype.bytes((end - first) as u64) + 256 <= max && t.dtype.bytes(packed) <= max
+        t.dtype.bytes((end - first) as u64) + slack <= max && t.dtype.bytes(packed) <= max
     })
 }
 
@@ -58,7 +60,7 @@ pub(crate) fn packed_shape(shape: Shape) -> Shape {
     Shape { head_dim: shape.head_dim.div_ceil(4) * 4, ..shape }
 }
 
-/// A zeroed packed tensor for a view of `shape`, and its view of the first D columns' shape.
+/// A zeroed packed tensor for a view of `shape` (contiguous BHSD, head dim rounded up to 4).
 pub(crate) fn packed_zeros(ctx: &Context, shape: Shape) -> Result<Tensor> {
     Tensor::zeros(ctx, packed_shape(shape), Layout::Bhsd)
 }
