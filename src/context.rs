@@ -234,6 +234,9 @@ pub struct Context {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// The driver's pipeline cache, persisted in the cache folder (where the adapter has one).
     pipeline_cache: Option<PipelineCache>,
+    /// naga's parses of specialised kernels, persisted in the cache folder.
+    #[cfg(all(feature = "parse-cache", not(target_arch = "wasm32")))]
+    parse_cache: Option<crate::parse_cache::ParseCache>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<Uncaptured>>>,
     allocated: AtomicU64,
@@ -429,6 +432,8 @@ impl Context {
         Ok(Self {
             id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
             pipeline_cache,
+            #[cfg(all(feature = "parse-cache", not(target_arch = "wasm32")))]
+            parse_cache: crate::parse_cache::ParseCache::open(options.cache_dir.as_deref()),
             device,
             queue,
             summary: AdapterSummary { info, features, limits },
@@ -505,6 +510,28 @@ impl Context {
             return Err(Error::Gpu(reported(e)));
         }
         Ok(())
+    }
+
+    /// The validated naga module of the specialised WGSL `text` (of the shader `name`): from the
+    /// parse cache where it holds this text (validated again), else parsed and then kept there.
+    pub(crate) fn parse_wgsl(
+        &self,
+        name: &str,
+        text: &str,
+    ) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+        #[cfg(all(feature = "parse-cache", not(target_arch = "wasm32")))]
+        if let Some(cache) = &self.parse_cache {
+            if let Some(module) = cache.load(text) {
+                match crate::shader::validate_module(name, text, &module) {
+                    Ok(info) => return Ok((module, info)),
+                    Err(e) => log::warn!("a cached parse of {name} fails validation, parsing again: {e}"),
+                }
+            }
+            let (module, info) = crate::shader::parse_valid(name, text)?;
+            cache.store(text, &module);
+            return Ok((module, info));
+        }
+        crate::shader::parse_valid(name, text)
     }
 
     /// The pipeline for `key`, built by `build` (given the device and the driver's pipeline

@@ -35,6 +35,8 @@ pub mod cpu;
 pub mod dtype;
 pub mod error;
 pub mod mask;
+#[cfg(all(feature = "parse-cache", not(target_arch = "wasm32")))]
+mod parse_cache;
 pub mod record;
 pub mod tensor;
 pub mod warm_up;

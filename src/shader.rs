@@ -87,8 +87,20 @@ pub struct Specialised {
 
 /// [`specialise`] for a pipeline of entry point `entry`, from one naga parse and validation.
 pub fn specialise_for(name: &str, source: &str, params: &Params, entry: &str) -> Result<Specialised> {
+    specialise_with(name, source, params, entry, |text| parse_valid(name, text))
+}
+
+/// [`specialise_for`] with the WGSL text turned into a validated module by `parse` (which may
+/// take it from a cache: [`crate::Context`] does).
+pub(crate) fn specialise_with(
+    name: &str,
+    source: &str,
+    params: &Params,
+    entry: &str,
+    parse: impl FnOnce(&str) -> Result<(naga::Module, naga::valid::ModuleInfo)>,
+) -> Result<Specialised> {
     let text = expand(name, source, params)?;
-    let (module, info) = parse_valid(name, &text)?;
+    let (module, info) = parse(&text)?;
     let entries = bindings(name, &module, &info, entry)?;
     Ok(Specialised { text, module, entries })
 }
@@ -244,14 +256,18 @@ pub fn validate(name: &str, source: &str) -> Result<()> {
 }
 
 /// The naga module of `source` and its validation info.
-fn parse_valid(name: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+pub(crate) fn parse_valid(name: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let err = |message: String| Error::Shader { name: name.to_string(), message };
     let module = naga::front::wgsl::parse_str(source).map_err(|e| err(e.emit_to_string(source)))?;
-    let info =
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .map_err(|e| err(e.emit_to_string(source)))?;
+    let info = validate_module(name, source, &module)?;
     Ok((module, info))
+}
+
+/// Validate `module`, parsed from `source` (which error messages quote).
+pub(crate) fn validate_module(name: &str, source: &str, module: &naga::Module) -> Result<naga::valid::ModuleInfo> {
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(module)
+        .map_err(|e| Error::Shader { name: name.to_string(), message: e.emit_to_string(source) })
 }
 
 /// The bind group layout entries of entry point `entry` of a validated module, as naga reflects

@@ -40,7 +40,11 @@ pub(crate) fn entry_pipeline(
     let key = PipelineKey { shader: name, entry, params: params.clone() };
     ctx.pipeline(key, |device, cache| {
         // the WGSL and an explicit layout reflected from it, from one naga validation
-        let specialised = shader::specialise_for(name, source, params, entry)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let started = std::time::Instant::now();
+        let specialised = shader::specialise_with(name, source, params, entry, |text| ctx.parse_wgsl(name, text))?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let parsed = started.elapsed();
         let entries = specialised.entries;
         let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(name),
@@ -59,14 +63,23 @@ pub(crate) fn entry_pipeline(
             #[cfg(target_arch = "wasm32")]
             source: wgpu::ShaderSource::Wgsl(specialised.text.into()),
         });
-        Ok(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: Some(&layout),
             module: &module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache,
-        }))
+        });
+        // where a pipeline's time goes (docs/COMPILE.md); software drivers compile further at
+        // the first dispatch
+        #[cfg(not(target_arch = "wasm32"))]
+        log::debug!(
+            "pipeline {name} {params:?}: WGSL {:.0} ms, module and pipeline {:.0} ms",
+            parsed.as_secs_f64() * 1e3,
+            (started.elapsed() - parsed).as_secs_f64() * 1e3
+        );
+        Ok(pipeline)
     })
 }
 
