@@ -241,8 +241,9 @@ fn q_scale() -> f32 {
 fn load_q4(t: Tile, row: Row, d0: u32) -> vec4<f32> {
     let base = t.batch * params.q_stride.x + row.h * params.q_stride.y + row.i * params.q_stride.z
         - params.q_base;
-    // branch-free (an invalid row reads in-bounds garbage, replaced by zero)
-    return select(vec4<f32>(0.0), load4_q(base, d0) * q_scale(), row.valid);
+    // branch-free (an invalid row, or a vec4 past the head dim, reads in-bounds garbage,
+    // replaced by zero: 0·k is then 0 even where that garbage is not finite)
+    return select(vec4<f32>(0.0), load4_q(base, d0) * q_scale(), row.valid && d0 < params.head_dim);
 }
 
 // Key / value row elements d0..d0+3 (zero past Nk and past D).
@@ -261,18 +262,14 @@ fn load_v4(t: Tile, key: u32, d0: u32) -> vec4<f32> {
 }
 
 // The dv-th vec4 of K / V row `key`. Keys past Nk read the last row instead (finite values;
-// every kernel masks those keys), so with VEC4 a load is one unconditional vec4 read. With PAD
-// (a head dim below the compiled 4·DV) key vec4s past the head dim are zero, so that they add
-// nothing to q·k even where the elements after a row are not finite; value vec4s past it are
-// read as they are: they only reach O columns past the head dim, which are never stored.
+// every kernel masks those keys), so with VEC4 a load is one vec4 read. Key vec4s past the head
+// dim (a head dim below the compiled 4·DV: one kernel serves every head dim of its size) are
+// zero, so that they add nothing to q·k even where the elements after a row are not finite; value
+// vec4s past it are read as they are: they only reach O columns past the head dim, never stored.
 fn key4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
 // @if VEC4
     let x = k[(t.k_head + min(key, params.kv_len - 1u) * params.k_stride.z) / 4u + dv];
-// @if PAD
     return select(vec4<f32>(0.0), x, dv * 4u < params.head_dim);
-// @else
-    return x;
-// @endif
 // @else
     return load_k4(t, key, dv * 4u);
 // @endif
@@ -346,11 +343,7 @@ fn store_o4(t: Tile, row: Row, d0: u32, val: vec4<f32>) {
         + t.split * params.o_stride.w - params.o_base;
     let d = params.head_dim;
 // @if VEC4
-// @if PAD
-    if (d0 < d) { o[(ob + d0) / 4u] = val; }
-// @else
-    o[(ob + d0) / 4u] = val;      // D = 4·DV: every vec4 is inside the row
-// @endif
+    if (d0 < d) { o[(ob + d0) / 4u] = val; }   // the head dim is a multiple of 4 with VEC4
 // @else
     if (d0 < d) { o[ob + d0] = val.x; }
     if (d0 + 1u < d) { o[ob + d0 + 1u] = val.y; }

@@ -23,7 +23,6 @@ const VEC4: u32 = 0u; // @param 1: K and V bound as vec4s (head dim, strides, ba
 const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
 const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
 const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
-const PAD: u32 = 0u; // @param 1: the call's head dim is below 4·DV (loads past it read zero)
 
 const WG: u32 = BQ * TPR;
 

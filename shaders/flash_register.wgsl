@@ -33,7 +33,6 @@ const RH: u32 = 4u; // @param rows whose O accumulators P·V updates together (d
 const RHS: u32 = 1u; // @param R / RH
 const VPK: u32 = 2u; // @param ceil(DV / KB): V vec4s each key step of the scores loads
 const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
-const PAD: u32 = 0u; // @param 1: the call's head dim is below 4·DV (key loads past it read zero)
 
 const BQ: u32 = WG * R;
 

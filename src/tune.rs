@@ -46,7 +46,7 @@ pub const WGPU_VERSION: &str = "30";
 /// written before a new candidate existed is measured again). 2: `register-wide`; 3: register
 /// kernels shaped for 16-lane subgroups, keys scored KP at a time; 4: compiled head-dim sizes of
 /// 32, vec4 Q and O.
-pub const KERNELS_REVISION: u32 = 4;
+pub const KERNELS_REVISION: u32 = 5;
 
 /// Mask classes that may prefer different families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

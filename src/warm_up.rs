@@ -97,8 +97,9 @@ impl WarmUp {
             if d == 0 || d > crate::MAX_HEAD_DIM {
                 return Err(Error::HeadDimUnsupported { head_dim: d, max: crate::MAX_HEAD_DIM });
             }
-            // once per compiled variant: the size, whether loads are padded, whether K/V are vec4s
-            let variant = |d: usize| (compiled_head_dim(d), d == compiled_head_dim(d), d.is_multiple_of(4));
+            // once per compiled variant: the size (a multiple of 32, every head dim up to it one
+            // kernel) and whether Q, K, V and O are read as they are (vec4s) or packed first
+            let variant = |d: usize| (compiled_head_dim(d), d.is_multiple_of(4));
             if !dims.iter().any(|&e| variant(e) == variant(d)) {
                 dims.push(d);
             }

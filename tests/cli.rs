@@ -262,9 +262,9 @@ fn warm_up_compiles_and_reports() {
     let out = wgattn(&["warm-up", "--head-dim", "32,20", "--mask", "dense,causal"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "wgattn warm-up failed:\n{stdout}\n{}", text(&out.stderr));
-    // 32 and 20 are different kernels of one size (20 is padded); dense and causal each
+    // 32 and 20 are one kernel (of size 32); dense and causal each a step
     let line = stdout.lines().find(|l| l.starts_with("warm-up: ")).expect("summary line");
-    assert!(line.starts_with("warm-up: 4 steps, ") && line.ends_with(" s"), "{line}");
+    assert!(line.starts_with("warm-up: 2 steps, ") && line.ends_with(" s"), "{line}");
     let bad = wgattn(&["warm-up", "--head-dim", "0"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("head dim 0"), "{}", text(&bad.stderr));

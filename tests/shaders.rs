@@ -80,17 +80,16 @@ fn every_specialisation_validates() {
 
 /// `cfg` in the variants its calls compile: the aligned call of its compiled head dim (vec4
 /// accesses, no optional term), and with `terms` (the first shape of its family and compiled head
-/// dim) every optional term at once (softcap, ALiBi, bitmaps, padding) with vec4 accesses (what
+/// dim) every optional term at once (softcap, ALiBi, bitmaps) with vec4 accesses (what
 /// repacked calls run) and with scalar accesses (adapters with a binding alignment under 16
 /// bytes). The terms' `@if` blocks depend neither on each other nor on the tile shape, so every
 /// template line is validated without every combination of every shape (`cargo test --test
 /// shaders` on a 2-core Xeon: 396 s with more combinations, 154 s so).
 fn validate(cfg: TileConfig, terms: bool) {
-    let mut variants =
-        vec![Variant { vec4: true, softcap: false, alibi: false, bitmaps: false, padded: false }];
+    let mut variants = vec![Variant { vec4: true, softcap: false, alibi: false, bitmaps: false }];
     if terms {
-        variants.push(Variant { vec4: true, softcap: true, alibi: true, bitmaps: true, padded: true });
-        variants.push(Variant { vec4: false, softcap: true, alibi: true, bitmaps: true, padded: true });
+        variants.push(Variant { vec4: true, softcap: true, alibi: true, bitmaps: true });
+        variants.push(Variant { vec4: false, softcap: true, alibi: true, bitmaps: true });
     }
     for variant in variants {
         cfg.specialised_source(variant).unwrap_or_else(|e| panic!("{cfg:?} {variant:?}: {e}"));

@@ -168,7 +168,7 @@ fn forward_fields() -> (usize, Vec<Field>) {
 
 #[test]
 fn forward_params_match_attention_common() {
-    let variant = Variant { vec4: true, softcap: true, alibi: true, bitmaps: true, padded: true };
+    let variant = Variant { vec4: true, softcap: true, alibi: true, bitmaps: true };
     let tiled = TileConfig::choose(64, &wgpu::Limits::default()).unwrap();
     let register = TileConfig::register(64, Some(8), None, false);
     for cfg in [tiled, register] {

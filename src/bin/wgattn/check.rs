@@ -280,8 +280,8 @@ fn random(seed: u64, n: usize) -> Vec<Case> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     (0..n)
         .map(|_| {
-            // head dims the fixed cases already use: each new padded head dim compiles a pipeline,
-            // which takes lavapipe 1 to 30 s
+            // head dims the fixed cases already use: each new compiled size (a multiple of 32)
+            // compiles a pipeline, which takes lavapipe 1 to 30 s
             let head_dim = HEAD_DIMS[rng.random_range(0..HEAD_DIMS.len())];
             let (batch, kv_heads, group) =
                 (rng.random_range(1..=3), rng.random_range(1..=2), rng.random_range(1..=3));

@@ -105,9 +105,6 @@ pub struct Variant {
     pub alibi: bool,
     /// A block table with partial blocks, whose bitmaps the kernel tests per element.
     pub bitmaps: bool,
-    /// The call's head dim is below the compiled one ([`compiled_head_dim`]): vec4 key loads
-    /// past it read zeros.
-    pub padded: bool,
 }
 
 impl Variant {
@@ -127,17 +124,15 @@ impl Variant {
             softcap: attn.softcap.is_some(),
             alibi: attn.alibi_slopes.is_some(),
             bitmaps: table.is_some_and(|t| !t.bits.is_empty()),
-            padded: compiled_head_dim(head_dim) != head_dim,
         }
     }
 
-    fn params(&self) -> [(&'static str, u32); 5] {
+    fn params(&self) -> [(&'static str, u32); 4] {
         [
             ("VEC4", self.vec4 as u32),
             ("SOFTCAP", self.softcap as u32),
             ("ALIBI", self.alibi as u32),
             ("BITS", self.bitmaps as u32),
-            ("PAD", self.padded as u32),
         ]
     }
 }
