@@ -9,11 +9,11 @@
 //! fixed ones. `--quick` runs a representative subset.
 //!
 //! The pipelines the cases need are compiled first (one tiny call per head dim, mask class and
-//! kernel family: [`Context::warm_up`]), so the two times print apart. On CI's machine (2-core
-//! AMD EPYC, lavapipe at 256 bits, `wgattn check --seed 1`): with cold caches 660 s compiling 32
-//! pipelines and 78 s running the 79 cases (6 more pipelines compiled there: soft-capping, ALiBi
-//! and unaligned variants); with Mesa's shader cache warm 62 s and 12 s (docs/PERFORMANCE.md;
-//! measured before the other families moved to head dim 40 alone, which compiles fewer).
+//! kernel family: [`Context::warm_up`]), so the two times print apart. On a 2-core Xeon of CI's
+//! kind (lavapipe at 512 bits, `wgattn check --seed 1`, 2026-12-06): with cold caches 244 s
+//! compiling 24 pipelines and 73 s running the 79 cases (5 more pipelines compiled there:
+//! soft-capping, ALiBi and unaligned variants), 5.3 min in all; with every cache warm 14 s and
+//! 6 s (docs/PERFORMANCE.md, "Issue 14, continued").
 
 use std::time::Instant;
 
