@@ -9,14 +9,7 @@ shift || true
 dims=${*:-40 64 111 128 256}
 work=$(mktemp -d)
 export MESA_SHADER_CACHE_DIR=$work/mesa WGATTN_CACHE_DIR=$work/wgattn
-python3 - "$work" $dims <<'PY'
-import sys, numpy as np
-work, dims = sys.argv[1], sys.argv[2:]
-rng = np.random.default_rng(0)
-for d in dims:
-    for name in "qkv":
-        np.save(f"{work}/{name}{d}.npy", rng.standard_normal((1, 8, 256, int(d))).astype(np.float32))
-PY
+python3 "$(dirname "$0")/npy_inputs.py" "$work" $dims
 run() {
     local d=$1 label=$2
     /usr/bin/time -f "%e %M" -o "$work/time" "$bin" run --q "$work/q$d.npy" --k "$work/k$d.npy" \

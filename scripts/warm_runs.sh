@@ -8,14 +8,7 @@ bin=${1:-target/release/wgattn}
 shift || true
 dims=${*:-64 128}
 inputs=$(mktemp -d)
-python3 - "$inputs" $dims <<'PY'
-import sys, numpy as np
-work, dims = sys.argv[1], sys.argv[2:]
-rng = np.random.default_rng(0)
-for d in dims:
-    for name in "qkv":
-        np.save(f"{work}/{name}{d}.npy", rng.standard_normal((1, 8, 256, int(d))).astype(np.float32))
-PY
+python3 "$(dirname "$0")/npy_inputs.py" "$inputs" $dims
 for d in $dims; do
     w=$(mktemp -d)
     export MESA_SHADER_CACHE_DIR=$w/mesa WGATTN_CACHE_DIR=$w/wgattn
