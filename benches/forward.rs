@@ -5,10 +5,12 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgpu_attention::kernels::naive;
 use wgpu_attention::testing::Case;
-use wgpu_attention::{forward, Attention, Causal, Context, Tensor};
+use wgpu_attention::{forward, Attention, Causal, Context, ContextOptions, FirstCall, Tensor};
 
 fn bench_forward(c: &mut Criterion) {
-    let ctx = Context::new().expect("an adapter (apt-get install mesa-vulkan-drivers)");
+    // the kernels a warm context runs from the first sample on
+    let options = ContextOptions::from_env().expect("WGATTN_* variables").first_call(FirstCall::Wait);
+    let ctx = Context::with_options(&options).expect("an adapter (apt-get install mesa-vulkan-drivers)");
     let mut group = c.benchmark_group("fused_forward_b1_h8_d64");
     group.sample_size(10);
     for n in [512usize, 1024, 2048] {

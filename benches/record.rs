@@ -7,12 +7,12 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use wgpu_attention::testing::Case;
-use wgpu_attention::{forward, Attention, Context, ContextOptions, Recorder, Tensor};
+use wgpu_attention::{forward, Attention, Context, ContextOptions, FirstCall, Recorder, Tensor};
 
 const CALLS: usize = 64;
 
 fn bench_record(c: &mut Criterion) {
-    let options = ContextOptions::from_env().expect("WGATTN_* variables");
+    let options = ContextOptions::from_env().expect("WGATTN_* variables").first_call(FirstCall::Wait);
     let ctx = Context::with_options(&options).expect("an adapter (apt-get install mesa-vulkan-drivers)");
     let case = Case::new(128, 128, 64).heads(1, 8, 8);
     let (q, k, v) = case.inputs(3);

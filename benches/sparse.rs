@@ -9,7 +9,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::{Rng, SeedableRng};
 use wgpu_attention::mask::Dims;
 use wgpu_attention::testing::Case;
-use wgpu_attention::{forward, Attention, BlockMask, Causal, Context, Mask, Tensor};
+use wgpu_attention::{
+    forward, Attention, BlockMask, Causal, Context, ContextOptions, FirstCall, Mask, Tensor,
+};
 
 const N: usize = 8192;
 const D: usize = 64;
@@ -23,7 +25,9 @@ fn block_mask(density: f64, seed: u64) -> Mask {
 }
 
 fn bench_density(c: &mut Criterion) {
-    let ctx = Context::new().expect("an adapter (apt-get install mesa-vulkan-drivers)");
+    // the kernels a warm context runs from the first sample on
+    let options = ContextOptions::from_env().expect("WGATTN_* variables").first_call(FirstCall::Wait);
+    let ctx = Context::with_options(&options).expect("an adapter (apt-get install mesa-vulkan-drivers)");
     let case = Case::new(N, N, D);
     let (q, k, v) = case.inputs(1);
     let (q, k, v) = (

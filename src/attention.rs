@@ -160,6 +160,9 @@ pub struct Launch {
     /// Run this fused-forward family (else the context's [`kernel`](crate::ContextOptions::kernel),
     /// else the tuned or default choice).
     pub kernel: Option<crate::kernels::flash::Family>,
+    /// Run the kernel a warm context runs even if it has to be compiled now (warm-ups), never
+    /// the faster-compiling one of [`crate::FirstCall::Quick`].
+    pub(crate) full_kernel: bool,
 }
 
 impl Attention {

@@ -57,6 +57,45 @@ pub struct ContextOptions {
     /// Time each call's GPU work with timestamp queries (where the adapter has
     /// `TIMESTAMP_QUERY`); the time comes back in the call's [`crate::CallInfo`].
     pub gpu_timing: bool,
+    /// What a call does when the kernel it needs has not been compiled yet (on CPU adapters,
+    /// where that takes seconds). The default, [`FirstCall::Quick`], runs a kernel that compiles
+    /// faster while the full one compiles in the background.
+    pub first_call: FirstCall,
+}
+
+/// What a call does on a CPU adapter (lavapipe) when the fused-forward kernel it needs was
+/// never compiled on this machine ([`ContextOptions::first_call`], `WGATTN_FIRST_CALL`).
+///
+/// A new head-dim size costs 7 to 21 s of LLVM compile on lavapipe (docs/COMPILE.md), most of
+/// it growing with the query rows each invocation keeps in registers. GPUs, calls that name
+/// their kernel family ([`crate::Attention::kernel`], [`ContextOptions::kernel`]) and
+/// [`Context::warm_up`] always wait for the kernel they need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FirstCall {
+    /// Run the register kernel with half the query rows per invocation, which compiles in about
+    /// half the time and runs 15–25% slower, while a background thread compiles the full kernel
+    /// on a second device; calls switch to the full kernel once it is compiled (building it then
+    /// takes about a second, from Mesa's disk cache). A kernel compiled on this machine before
+    /// is used at once. Dropping the context waits for a compile in progress.
+    /// `WGATTN_FIRST_CALL=quick` (or unset).
+    #[default]
+    Quick,
+    /// Compile the kernel the call needs and wait for it: every call runs the kernel a warm
+    /// context would (benchmarks, `wgattn check`, the test suite). `WGATTN_FIRST_CALL=wait`.
+    Wait,
+}
+
+impl FirstCall {
+    /// Parse `quick` or `wait` (case-insensitive).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "quick" => Ok(FirstCall::Quick),
+            "wait" => Ok(FirstCall::Wait),
+            other => {
+                Err(Error::InvalidOption(format!("WGATTN_FIRST_CALL `{other}`: expected quick or wait")))
+            }
+        }
+    }
 }
 
 /// How calls that name no kernel family get one ([`ContextOptions::tune`], `WGATTN_TUNE`).
@@ -102,6 +141,7 @@ impl Default for ContextOptions {
             tune: Tuning::Cached,
             cache_dir: None,
             gpu_timing: false,
+            first_call: FirstCall::Quick,
         }
     }
 }
@@ -110,7 +150,8 @@ impl ContextOptions {
     /// Defaults overridden by the environment: `WGATTN_BACKEND` (a comma list of `vulkan`,
     /// `metal`, `dx12`, `gl`), `WGATTN_ADAPTER` (a substring of the adapter's name),
     /// `WGATTN_KERNEL` (a [`Family::name`]), `WGATTN_TUNE` (`cached`, the default; `on`; `off`:
-    /// see [`Tuning`]), and the tuning cache folder
+    /// see [`Tuning`]), `WGATTN_FIRST_CALL` (`quick`, the default, or `wait`: see [`FirstCall`]),
+    /// and the tuning cache folder
     /// `WGATTN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgpu-attention`, else
     /// `~/.cache/wgpu-attention`. An unknown `WGATTN_KERNEL` or `WGATTN_TUNE` is an error.
     pub fn from_env() -> Result<Self> {
@@ -122,6 +163,8 @@ impl ContextOptions {
         o.adapter_name = var("WGATTN_ADAPTER");
         o.kernel = var("WGATTN_KERNEL").map(|k| Family::from_name(&k)).transpose()?;
         o.tune = var("WGATTN_TUNE").map(|t| Tuning::from_name(&t)).transpose()?.unwrap_or_default();
+        o.first_call =
+            var("WGATTN_FIRST_CALL").map(|t| FirstCall::from_name(&t)).transpose()?.unwrap_or_default();
         o.cache_dir = var("WGATTN_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgpu-attention")))
@@ -167,6 +210,11 @@ impl ContextOptions {
     /// Set [`ContextOptions::gpu_timing`].
     pub fn gpu_timing(mut self, on: bool) -> Self {
         self.gpu_timing = on;
+        self
+    }
+    /// Set [`ContextOptions::first_call`].
+    pub fn first_call(mut self, first_call: FirstCall) -> Self {
+        self.first_call = first_call;
         self
     }
 }
@@ -242,6 +290,10 @@ pub struct Context {
     allocated: AtomicU64,
     /// The tuner's choices of this context (`crate::tune` owns their meaning).
     pub(crate) tuned: Mutex<HashMap<crate::tune::TuneKey, Family>>,
+    /// Kernels compiled on a second device while calls run a faster-compiling one
+    /// ([`FirstCall::Quick`]); declared last, so dropping the context waits for it after
+    /// everything above is gone.
+    pub(crate) background: crate::background::Background,
 }
 
 /// An error reported outside an error scope, as the device's handler keeps it: the error itself
@@ -282,6 +334,8 @@ pub(crate) struct PipelineKey {
 struct PipelineCache {
     cache: wgpu::PipelineCache,
     path: PathBuf,
+    /// The context's id, in the temporary file's name (two contexts of one process may save).
+    context: u64,
 }
 
 impl PipelineCache {
@@ -290,6 +344,7 @@ impl PipelineCache {
         info: &wgpu::AdapterInfo,
         features: wgpu::Features,
         dir: Option<&std::path::Path>,
+        context: u64,
     ) -> Option<Self> {
         if !features.contains(wgpu::Features::PIPELINE_CACHE) {
             return None;
@@ -306,13 +361,13 @@ impl PipelineCache {
                 fallback: true,
             })
         };
-        Some(Self { cache, path })
+        Some(Self { cache, path, context })
     }
 
     /// Write the cache's data to its file (through a temporary file, so a reader never sees half).
     fn save(&self) {
         let Some(data) = self.cache.get_data() else { return };
-        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = self.path.with_extension(format!("tmp{}-{}", std::process::id(), self.context));
         let result = std::fs::create_dir_all(self.path.parent().unwrap_or(&self.path))
             .and_then(|()| std::fs::write(&tmp, &data))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
@@ -320,6 +375,15 @@ impl PipelineCache {
             log::warn!("could not write the pipeline cache {}: {e}", self.path.display());
         }
     }
+}
+
+/// Whether kernels for this adapter compile in the background ([`FirstCall::Quick`]): CPU
+/// adapters on Vulkan (lavapipe, whose compiles take seconds and whose disk cache serves a second
+/// device), on native targets.
+fn background_compiles_on(info: &wgpu::AdapterInfo) -> bool {
+    cfg!(not(target_arch = "wasm32"))
+        && info.device_type == wgpu::DeviceType::Cpu
+        && info.backend == wgpu::Backend::Vulkan
 }
 
 /// Poll `f` once without blocking: its output if it is already ready.
@@ -428,9 +492,17 @@ impl Context {
             log::error!("uncaptured wgpu error: {e}");
             *uncaptured_cb.lock().unwrap() = Some(keep_uncaptured(e));
         }));
-        let pipeline_cache = PipelineCache::open(&device, &info, features, options.cache_dir.as_deref());
+        let id = NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let pipeline_cache = PipelineCache::open(&device, &info, features, options.cache_dir.as_deref(), id);
+        // compiled-here marks only where compiles are slow enough to run in the background
+        let marks = options
+            .cache_dir
+            .as_deref()
+            .filter(|_| background_compiles_on(&info))
+            .map(|dir| crate::background::Marks::new(dir, &info));
         Ok(Self {
-            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            background: crate::background::Background::new(options, marks),
             pipeline_cache,
             #[cfg(all(feature = "parse-cache", not(target_arch = "wasm32")))]
             parse_cache: crate::parse_cache::ParseCache::open(options.cache_dir.as_deref()),
@@ -539,19 +611,54 @@ impl Context {
     pub(crate) fn pipeline(
         &self,
         key: PipelineKey,
-        build: impl FnOnce(&wgpu::Device, Option<&wgpu::PipelineCache>) -> Result<wgpu::ComputePipeline>,
+        build: impl FnOnce() -> Result<wgpu::ComputePipeline>,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         // Built outside the lock: another thread may build the same one; the first insert wins.
-        let cache = self.pipeline_cache.as_ref();
-        let pipeline = Arc::new(self.scoped(|| build(&self.device, cache.map(|c| &c.cache)))??);
-        if let Some(c) = cache {
+        let pipeline = Arc::new(self.scoped(build)??);
+        if let Some(c) = &self.pipeline_cache {
             c.save();
         }
+        self.background.mark(&key);
         let mut cache = self.pipelines.lock().unwrap();
         Ok(cache.entry(key).or_insert(pipeline).clone())
+    }
+
+    /// The driver's pipeline cache, where the adapter has one.
+    pub(crate) fn driver_pipeline_cache(&self) -> Option<&wgpu::PipelineCache> {
+        self.pipeline_cache.as_ref().map(|c| &c.cache)
+    }
+
+    /// Whether this context's pipeline `key` is built already.
+    pub(crate) fn has_pipeline(&self, key: &PipelineKey) -> bool {
+        self.pipelines.lock().unwrap().contains_key(key)
+    }
+
+    /// Whether calls on this context run a faster-compiling kernel while the one they need
+    /// compiles in the background ([`FirstCall::Quick`] on an adapter where compiles are slow).
+    pub(crate) fn compiles_in_background(&self) -> bool {
+        self.options.first_call == FirstCall::Quick && background_compiles_on(&self.summary.info)
+    }
+
+    /// Whether helper devices of this adapter can compile at the same time as this context
+    /// (lavapipe: one queue thread per device, one disk cache for all): [`Context::warm_up`].
+    pub(crate) fn compiles_on_helpers(&self) -> bool {
+        background_compiles_on(&self.summary.info)
+    }
+
+    /// The background compiles of this context ([`FirstCall::Quick`]): how many are pending,
+    /// done and failed.
+    pub fn background_compiles(&self) -> crate::background::BackgroundCompiles {
+        self.background.counts()
+    }
+
+    /// Wait until no background compile is pending (native targets); later calls then run the
+    /// kernels those compiles made. Nothing to wait for with [`FirstCall::Wait`] or on GPUs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait_background(&self) {
+        self.background.wait();
     }
 
     /// Run `f` inside validation and out-of-memory error scopes (for work outside a

@@ -30,6 +30,7 @@
 #![cfg_attr(not(feature = "unstable"), allow(dead_code, unused_imports))]
 
 pub mod attention;
+mod background;
 pub mod context;
 pub mod cpu;
 pub mod dtype;
@@ -65,7 +66,8 @@ unstable_mod! {
 pub struct ReadmeDoctests;
 
 pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
-pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions, Tuning};
+pub use background::BackgroundCompiles;
+pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions, FirstCall, Tuning};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};

@@ -19,6 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::shader::fnv1a;
+
 /// Bumped when what a file holds changes meaning (the layout of the tuple below).
 const FORMAT: u32 = 1;
 
@@ -74,12 +76,6 @@ impl ParseCache {
             log::warn!("could not write the parse cache file {}: {e}", path.display());
         }
     }
-}
-
-/// 64-bit FNV-1a: a hash that is the same in every process and Rust release (std's is not
-/// promised to be).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 #[cfg(test)]

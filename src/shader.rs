@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 /// Parameters of a specialisation: `@param` name -> value.
 pub type Params = BTreeMap<&'static str, u32>;
 
+/// 64-bit FNV-1a: a hash that is the same in every process and Rust release (std's is not
+/// promised to be).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 /// Every WGSL file of the crate, by name, for `// @include NAME` lines.
 pub const FILES: &[(&str, &str)] = &[
     ("attention_common.wgsl", include_str!("../shaders/attention_common.wgsl")),

@@ -160,21 +160,52 @@ impl Context {
     /// need, by running a tiny call of each (B 1, H 1, 64 queries and keys) and waiting for it;
     /// `progress(done, total)` is called after each step. Native targets (it waits for the GPU).
     /// See [`crate::warm_up`].
+    ///
+    /// On lavapipe, which compiles each device's shaders on that device's queue thread, helper
+    /// devices of the same adapter (one per spare CPU core, at most 3) compile a share of the
+    /// steps at the same time, into Mesa's disk cache; this context then runs those steps too,
+    /// building their pipelines from that cache in about a second each.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn warm_up(&self, plan: &WarmUp, mut progress: impl FnMut(usize, usize)) -> Result<WarmUpReport> {
         let started = Instant::now();
         let before = self.cached_pipelines();
         let steps = plan.steps()?;
-        let n = 64;
-        for (i, (d, calls)) in steps.iter().enumerate() {
-            let shape = Shape::new(1, 1, n, *d);
-            let data = (0..shape.len()).map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5).collect();
-            let x = Tensor::upload(self, &HostTensor::new(data, shape, Layout::Bhsd)?)?;
-            for attn in calls {
-                crate::record::forward(self, &x, &x, &x, attn)?;
+        let helpers = if self.compiles_on_helpers() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores - 1).min(3).min(steps.len() / 2)
+        } else {
+            0
+        };
+        // step i is compiled first by device i % (helpers + 1), device 0 being this context
+        let share =
+            |device: usize| steps.iter().enumerate().filter(move |(i, _)| i % (helpers + 1) == device);
+        let mut done = 0;
+        std::thread::scope(|scope| -> Result<()> {
+            let options = self.options().clone().first_call(crate::FirstCall::Wait);
+            for h in 1..=helpers {
+                let (options, mine) = (options.clone(), share(h));
+                scope.spawn(move || {
+                    // a helper that fails only costs time: this context compiles its steps below
+                    let helped = Context::with_options(&options).and_then(|ctx| {
+                        mine.into_iter().try_for_each(|(_, (d, calls))| warm_step(&ctx, *d, calls))
+                    });
+                    if let Err(e) = helped {
+                        log::warn!("a warm-up helper device failed ({e}); compiling its steps here");
+                    }
+                });
             }
-            self.wait_idle()?;
-            progress(i + 1, steps.len());
+            for (_, (d, calls)) in share(0) {
+                warm_step(self, *d, calls)?;
+                done += 1;
+                progress(done, steps.len());
+            }
+            Ok(())
+        })?;
+        // the helpers' steps, from Mesa's cache now (the scope joined every helper)
+        for (_, (d, calls)) in (1..=helpers).flat_map(share) {
+            warm_step(self, *d, calls)?;
+            done += 1;
+            progress(done, steps.len());
         }
         Ok(WarmUpReport {
             steps: steps.len(),
@@ -182,4 +213,20 @@ impl Context {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// One warm-up step on `ctx`: a tiny call (B 1, H 1, 64 queries and keys) of head dim `d` for
+/// each of `calls`, waited for.
+#[cfg(not(target_arch = "wasm32"))]
+fn warm_step(ctx: &Context, d: usize, calls: &[Attention]) -> Result<()> {
+    let shape = Shape::new(1, 1, 64, d);
+    let data = (0..shape.len()).map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5).collect();
+    let x = Tensor::upload(ctx, &HostTensor::new(data, shape, Layout::Bhsd)?)?;
+    for attn in calls {
+        // the kernels later calls run, never FirstCall::Quick's stand-ins
+        let mut attn = attn.clone();
+        attn.launch.full_kernel = true;
+        crate::record::forward(ctx, &x, &x, &x, &attn)?;
+    }
+    ctx.wait_idle()
 }

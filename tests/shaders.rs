@@ -73,6 +73,19 @@ fn every_specialisation_validates() {
                 if seen.insert(cfg) {
                     validate(cfg, terms_seen.insert((cfg.family, cfg.d_pad)));
                 }
+                // FirstCall::Quick's stand-in: smaller, and as valid for this adapter and table
+                if let Some(quick) = cfg.quick() {
+                    assert!(quick.tpr < cfg.tpr || quick.bk < cfg.bk, "{quick:?} is no smaller than {cfg:?}");
+                    assert!(
+                        quick.bk <= sg.unwrap_or(8)
+                            && cfg.bk.is_multiple_of(quick.bk)
+                            && quick.bk.is_multiple_of(quick.kp)
+                    );
+                    assert!(table.is_none_or(|s| s % quick.bq as usize == 0 && s % quick.bk as usize == 0));
+                    if seen.insert(quick) {
+                        validate(quick, false);
+                    }
+                }
             }
         }
     }

@@ -38,49 +38,58 @@ pub(crate) fn entry_pipeline(
     params: &Params,
 ) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
     let key = PipelineKey { shader: name, entry, params: params.clone() };
-    ctx.pipeline(key, |device, cache| {
-        // the WGSL and an explicit layout reflected from it, from one naga validation
+    ctx.pipeline(key, || Ok(build_pipeline(ctx, name, source, entry, params)?.0))
+}
+
+/// Build the pipeline of `source` specialised by `params` on `ctx`'s device (no cache of built
+/// pipelines: [`entry_pipeline`] has that), with the entries of its bind group's layout.
+pub(crate) fn build_pipeline(
+    ctx: &Context,
+    name: &'static str,
+    source: &'static str,
+    entry: &'static str,
+    params: &Params,
+) -> Result<(wgpu::ComputePipeline, Vec<wgpu::BindGroupLayoutEntry>)> {
+    let device = &ctx.device;
+    // the WGSL and an explicit layout reflected from it, from one naga validation
+    #[cfg(not(target_arch = "wasm32"))]
+    let started = std::time::Instant::now();
+    let specialised = shader::specialise_with(name, source, params, entry, |text| ctx.parse_wgsl(name, text))?;
+    #[cfg(not(target_arch = "wasm32"))]
+    let parsed = started.elapsed();
+    let entries = specialised.entries;
+    let bind_group_layout =
+        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(name),
+        bind_group_layouts: &[Some(&bind_group_layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        // native: the module already parsed (no second WGSL parse); the web takes WGSL
         #[cfg(not(target_arch = "wasm32"))]
-        let started = std::time::Instant::now();
-        let specialised = shader::specialise_with(name, source, params, entry, |text| ctx.parse_wgsl(name, text))?;
-        #[cfg(not(target_arch = "wasm32"))]
-        let parsed = started.elapsed();
-        let entries = specialised.entries;
-        let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(name),
-            entries: &entries,
-        });
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(name),
-            bind_group_layouts: &[Some(&bind_group_layout)],
-            immediate_size: 0,
-        });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            // native: the module already parsed (no second WGSL parse); the web takes WGSL
-            #[cfg(not(target_arch = "wasm32"))]
-            source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(specialised.module)),
-            #[cfg(target_arch = "wasm32")]
-            source: wgpu::ShaderSource::Wgsl(specialised.text.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache,
-        });
-        // where a pipeline's time goes (docs/COMPILE.md); software drivers compile further at
-        // the first dispatch
-        #[cfg(not(target_arch = "wasm32"))]
-        log::debug!(
-            "pipeline {name} {params:?}: WGSL {:.0} ms, module and pipeline {:.0} ms",
-            parsed.as_secs_f64() * 1e3,
-            (started.elapsed() - parsed).as_secs_f64() * 1e3
-        );
-        Ok(pipeline)
-    })
+        source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(specialised.module)),
+        #[cfg(target_arch = "wasm32")]
+        source: wgpu::ShaderSource::Wgsl(specialised.text.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: Some(&layout),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: ctx.driver_pipeline_cache(),
+    });
+    // where a pipeline's time goes (docs/COMPILE.md); software drivers compile further at
+    // the first dispatch
+    #[cfg(not(target_arch = "wasm32"))]
+    log::debug!(
+        "pipeline {name} {params:?}: WGSL {:.0} ms, module and pipeline {:.0} ms",
+        parsed.as_secs_f64() * 1e3,
+        (started.elapsed() - parsed).as_secs_f64() * 1e3
+    );
+    Ok((pipeline, entries))
 }
 
 /// A storage-buffer binding window covering elements `[start, end)` of a tensor (relative to

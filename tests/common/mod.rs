@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use wgpu_attention::testing::{fresh_seed, run_case_with, Case, ForwardInto};
-use wgpu_attention::{forward_into, Context, ContextOptions, Tuning};
+use wgpu_attention::{forward_into, Context, ContextOptions, FirstCall, Tuning};
 
 /// f32 tolerance on ‖out−ref‖/‖ref‖ (max abs error must be under 100× this, LSE under 10×).
 pub const F32_REL_TOL: f64 = 1e-5;
@@ -14,7 +14,7 @@ pub const F32_REL_TOL: f64 = 1e-5;
 /// compiles every family for every head dim: minutes on lavapipe; `tests/families.rs` runs every
 /// family explicitly and `tests/tune.rs` the tuner).
 pub fn options() -> ContextOptions {
-    ContextOptions::from_env().expect("WGATTN_* variables").tune(Tuning::Off)
+    ContextOptions::from_env().expect("WGATTN_* variables").tune(Tuning::Off).first_call(FirstCall::Wait)
 }
 
 /// A new context with [`options`] changed by `f`. A machine without an adapter FAILS here, with

@@ -40,8 +40,8 @@ use wgpu_attention::kernels::naive;
 use wgpu_attention::mask::{Dims, TOPK_MAX};
 use wgpu_attention::testing::Case;
 use wgpu_attention::{
-    Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, DType, Error, HostTensor, Mask, Output,
-    Problem, Tensor, Tuning, MAX_HEAD_DIM,
+    Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, DType, Error, FirstCall, HostTensor,
+    Mask, Output, Problem, Tensor, Tuning, MAX_HEAD_DIM,
 };
 
 use crate::{one_line, plot, BenchArgs, CliError};
@@ -855,8 +855,13 @@ impl Runner {
         let backend = spec.backend;
         let tune = self.tune;
         let gpu = self.gpus.entry(backend).or_insert_with(|| {
-            let options =
-                ContextOptions::from_env().map(|o| if tune { o.tune(Tuning::OnFirstUse) } else { o });
+            let options = ContextOptions::from_env().map(|o| o.first_call(FirstCall::Wait)).map(|o| {
+                if tune {
+                    o.tune(Tuning::OnFirstUse)
+                } else {
+                    o
+                }
+            });
             let ctx = options
                 .and_then(|o| Context::with_options(&o.gpu_timing(true)))
                 .map_err(|e| one_line(&e.to_string()));

@@ -21,7 +21,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wgpu_attention::kernels::flash::{TileConfig, FAMILIES};
 use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
-use wgpu_attention::{Attention, Causal, Context, Layout, Mask, MaskClass, WarmUp};
+use wgpu_attention::{
+    Attention, Causal, Context, ContextOptions, FirstCall, Layout, Mask, MaskClass, WarmUp,
+};
 
 use crate::{one_line, CheckArgs, CliError};
 
@@ -32,7 +34,8 @@ const TOLERANCE: f64 = 1e-5;
 pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     println!("seed: {seed} (reproduce with `wgattn check --seed {seed}`)");
-    let ctx = Context::new()?;
+    // the kernels a warm context runs: what is checked is what calls will run
+    let ctx = Context::with_options(&ContextOptions::from_env()?.first_call(FirstCall::Wait))?;
     let info = &ctx.adapter().info;
     println!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
 

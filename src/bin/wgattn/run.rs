@@ -25,12 +25,18 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let attn = masks::apply(attn, args, &p)?;
     attn.validate(q.shape, k.shape, v.shape)?;
 
-    let (o, lse) = match args.device {
+    let (o, lse, _ctx) = match args.device {
         DeviceArg::Gpu => {
             let ctx = Context::new()?;
             log::info!("running on {}", ctx.adapter().info.name);
             let out = wgpu_attention::attention(&ctx, &q, &k, &v, &attn)?;
-            (out.o.data, out.lse)
+            if ctx.background_compiles().pending > 0 {
+                // the context waits for it when dropped, after the outputs are written
+                eprintln!(
+                    "wgattn: compiling the full kernel in the background for the next run (Ctrl-C skips it)"
+                );
+            }
+            (out.o.data, out.lse, Some(ctx))
         }
         DeviceArg::Cpu => {
             if attn.launch.num_splits.is_some() {
@@ -38,7 +44,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             }
             let r = reference::attention(&q, &k, &v, &attn)?;
             let narrow = |x: Vec<f64>| x.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-            (narrow(r.o), narrow(r.lse))
+            (narrow(r.o), narrow(r.lse), None)
         }
     };
 

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use super::plan::{element_range, key_range, plan, Rows};
 use super::tiles::{Family, TileConfig, Variant};
 use crate::attention::{Attention, Problem};
-use crate::context::Context;
+use crate::context::{Context, PipelineKey};
 use crate::dtype::{word_bytes, DType};
 use crate::error::{Error, Result};
 use crate::kernels::merge::{self, MergeBuffers, MergeParams};
@@ -126,6 +126,28 @@ fn encode_packed(
     Ok(info)
 }
 
+/// The tiles a call runs now ([`crate::FirstCall::Quick`]): `full`, unless its kernel in
+/// `variant` is neither built on this context nor compiled on this machine before; then the call
+/// runs [`TileConfig::quick`], which compiles in about half the time (docs/COMPILE.md), and
+/// returns the full kernel's pipeline key for the background compiler.
+fn first_call_tiles(ctx: &Context, full: TileConfig, variant: Variant) -> (TileConfig, Option<(PipelineKey, &'static str)>) {
+    let Some(quick) = full.quick().filter(|_| ctx.compiles_in_background()) else { return (full, None) };
+    let (name, source) = full.source();
+    let key = PipelineKey { shader: name, entry: "main", params: full.params(variant) };
+    if ctx.has_pipeline(&key) || ctx.background.compiled(&key) || ctx.background.failed(&key) {
+        return (full, None);
+    }
+    log::info!(
+        "head dim {}: running {} rows and {}-key blocks per invocation while the kernel of {} rows and {}-key blocks compiles in the background",
+        full.d_pad,
+        quick.tpr,
+        quick.bk,
+        full.tpr,
+        full.bk
+    );
+    (quick, Some((key, source)))
+}
+
 /// [`encode`] of a validated problem `p`.
 pub(crate) fn encode_valid(
     ctx: &Context,
@@ -168,7 +190,14 @@ pub(crate) fn encode_valid(
         (None, Some(t)) => Some((t.max_list(), t.size)),
         (None, None) => None,
     };
-    let first = TileConfig::for_family(ctx, family, p.head_dim, table_shape.map(|(_, size)| size))?;
+    let variant = Variant::for_call(ctx, p.head_dim, attn, table, vec4_ready);
+    let full = TileConfig::for_family(ctx, family, p.head_dim, table_shape.map(|(_, size)| size))?;
+    let (first, mut background) =
+        if attn.launch.full_kernel || attn.launch.kernel.is_some() || ctx.options().kernel.is_some() {
+            (full, None)
+        } else {
+            first_call_tiles(ctx, full, variant)
+        };
     let plan = plan(ctx.limits(), first, p, attn.launch.num_splits, table_shape, q.strides, k.strides)?;
     let g = p.group();
     let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table_shape.is_none());
@@ -252,7 +281,6 @@ pub(crate) fn encode_valid(
     };
 
     let (name, source) = plan.tiles.source();
-    let variant = Variant::for_call(ctx, p.head_dim, attn, table, vec4_ready);
     let pipeline = pipeline(ctx, name, source, &plan.tiles.params(variant))?;
 
     let mut dispatches = 0;
@@ -342,6 +370,10 @@ pub(crate) fn encode_valid(
             let total = (c.nb * c.nkh * c.nt) as u64 * c.ns as u64;
             let uniform =
                 |grid_x, wg_offset| bytemuck::bytes_of(&ForwardParams { grid_x, wg_offset, ..fp }).to_vec();
+            // the full kernel compiles in the background on this call's own sizes (one workgroup)
+            if let Some((key, source)) = background.take() {
+                ctx.background.request(&key, source, uniform(1, 0));
+            }
             let resources = [
                 (1, qw.binding(&q.buffer)),
                 (2, kw.binding(&k.buffer)),

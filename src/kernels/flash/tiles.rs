@@ -220,6 +220,20 @@ impl TileConfig {
         }
     }
 
+    /// The register specialisation a first call runs while this one compiles in the background
+    /// ([`crate::FirstCall::Quick`]): half the query rows and key blocks of at most 8, so that
+    /// LLVM has a half to a quarter of the code to compile (it unrolls KB·DV·R
+    /// multiply-adds per key block: docs/COMPILE.md). None: tiled, or nothing left to cut.
+    pub fn quick(&self) -> Option<Self> {
+        let mut quick = self.fewer_rows().unwrap_or(*self);
+        // (4-key blocks compile no faster at head dim 256: the private arrays of DV vec4s dominate)
+        if quick.bk > 8 {
+            quick.bk = 8;
+            quick.kp = quick.kp.min(8);
+        }
+        (quick != *self).then_some(quick)
+    }
+
     /// The specialisation of `family` for `head_dim` on this context's adapter (`table`: the block
     /// size of the call's block table, if any).
     pub fn for_family(ctx: &Context, family: Family, head_dim: usize, table: Option<usize>) -> Result<Self> {
