@@ -642,12 +642,6 @@ impl Context {
         self.options.first_call == FirstCall::Quick && background_compiles_on(&self.summary.info)
     }
 
-    /// Whether helper devices of this adapter can compile at the same time as this context
-    /// (lavapipe: one queue thread per device, one disk cache for all): [`Context::warm_up`].
-    pub(crate) fn compiles_on_helpers(&self) -> bool {
-        background_compiles_on(&self.summary.info)
-    }
-
     /// The background compiles of this context ([`FirstCall::Quick`]): how many are pending,
     /// done and failed.
     pub fn background_compiles(&self) -> crate::background::BackgroundCompiles {

@@ -160,52 +160,29 @@ impl Context {
     /// need, by running a tiny call of each (B 1, H 1, 64 queries and keys) and waiting for it;
     /// `progress(done, total)` is called after each step. Native targets (it waits for the GPU).
     /// See [`crate::warm_up`].
-    ///
-    /// On lavapipe, which compiles each device's shaders on that device's queue thread, helper
-    /// devices of the same adapter (one per spare CPU core, at most 3) compile a share of the
-    /// steps at the same time, into Mesa's disk cache; this context then runs those steps too,
-    /// building their pipelines from that cache in about a second each.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn warm_up(&self, plan: &WarmUp, mut progress: impl FnMut(usize, usize)) -> Result<WarmUpReport> {
+    pub fn warm_up(&self, plan: &WarmUp, progress: impl FnMut(usize, usize)) -> Result<WarmUpReport> {
+        self.warm_up_all(std::slice::from_ref(plan), progress)
+    }
+
+    /// [`Context::warm_up`] of several plans, their steps one after the other: for combinations
+    /// that are not one plan's product of head dims, mask classes and families, as `wgattn
+    /// check` compiles its cases'.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn warm_up_all(
+        &self,
+        plans: &[WarmUp],
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<WarmUpReport> {
         let started = Instant::now();
         let before = self.cached_pipelines();
-        let steps = plan.steps()?;
-        let helpers = if self.compiles_on_helpers() {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores - 1).min(3).min(steps.len() / 2)
-        } else {
-            0
-        };
-        // step i is compiled first by device i % (helpers + 1), device 0 being this context
-        let share =
-            |device: usize| steps.iter().enumerate().filter(move |(i, _)| i % (helpers + 1) == device);
-        let mut done = 0;
-        std::thread::scope(|scope| -> Result<()> {
-            let options = self.options().clone().first_call(crate::FirstCall::Wait);
-            for h in 1..=helpers {
-                let (options, mine) = (options.clone(), share(h));
-                scope.spawn(move || {
-                    // a helper that fails only costs time: this context compiles its steps below
-                    let helped = Context::with_options(&options).and_then(|ctx| {
-                        mine.into_iter().try_for_each(|(_, (d, calls))| warm_step(&ctx, *d, calls))
-                    });
-                    if let Err(e) = helped {
-                        log::warn!("a warm-up helper device failed ({e}); compiling its steps here");
-                    }
-                });
-            }
-            for (_, (d, calls)) in share(0) {
-                warm_step(self, *d, calls)?;
-                done += 1;
-                progress(done, steps.len());
-            }
-            Ok(())
-        })?;
-        // the helpers' steps, from Mesa's cache now (the scope joined every helper)
-        for (_, (d, calls)) in (1..=helpers).flat_map(share) {
+        let mut steps = Vec::new();
+        for plan in plans {
+            steps.extend(plan.steps()?);
+        }
+        for (i, (d, calls)) in steps.iter().enumerate() {
             warm_step(self, *d, calls)?;
-            done += 1;
-            progress(done, steps.len());
+            progress(i + 1, steps.len());
         }
         Ok(WarmUpReport {
             steps: steps.len(),

@@ -104,21 +104,18 @@ struct Compiled {
 /// use (the soft-capping, ALiBi and unaligned variants compile when their case runs).
 fn warm_up(ctx: &Context, cases: &[Case]) -> Result<Compiled, CliError> {
     let mut seen = Vec::new();
-    let started = Instant::now();
-    let (mut steps, mut pipelines) = (0, 0);
     for case in cases {
         let key = (case.head_dim, MaskClass::of(&case.attn), case.attn.launch.kernel);
-        if seen.contains(&key) {
-            continue;
+        if !seen.contains(&key) {
+            seen.push(key);
         }
-        seen.push(key);
-        let (d, class, kernel) = key;
-        let plan = WarmUp::new(&[d]).masks(&[class]).kernels(kernel.as_slice());
-        let r = ctx.warm_up(&plan, |_, _| {})?;
-        steps += r.steps;
-        pipelines += r.pipelines;
     }
-    Ok(Compiled { steps, pipelines, elapsed: started.elapsed() })
+    let plans: Vec<WarmUp> = seen
+        .iter()
+        .map(|(d, class, kernel)| WarmUp::new(&[*d]).masks(&[*class]).kernels(kernel.as_slice()))
+        .collect();
+    let r = ctx.warm_up_all(&plans, |_, _| {})?;
+    Ok(Compiled { steps: r.steps, pipelines: r.pipelines, elapsed: r.elapsed })
 }
 
 fn columns(e: &Errors) -> [String; 3] {
