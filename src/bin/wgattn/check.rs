@@ -9,11 +9,13 @@
 //! fixed ones. `--quick` runs a representative subset.
 //!
 //! The pipelines the cases need are compiled first (one tiny call per head dim, mask class and
-//! kernel family: [`Context::warm_up`]), so the two times print apart. On a 2-core Xeon of CI's
-//! kind (lavapipe at 512 bits, `wgattn check --seed 1`, 2026-12-06): with cold caches 244 s
-//! compiling 24 pipelines and 73 s running the 79 cases (5 more pipelines compiled there:
-//! soft-capping, ALiBi and unaligned variants), 5.3 min in all; with every cache warm 14 s and
-//! 6 s (docs/PERFORMANCE.md, "Issue 14, continued").
+//! kernel family: [`Context::warm_up_all`]), so the two times print apart; the context waits for
+//! its kernels (`FirstCall::Wait`), so the check runs the full kernels a warm context runs, never
+//! a first call's stand-in. On a 2-core Xeon of CI's kind (lavapipe at 512 bits, `wgattn check
+//! --seed 1`, 2026-12-06): with cold caches 241 s compiling 24 pipelines and 56 s running the 79
+//! cases (5 more pipelines compiled there: soft-capping, ALiBi and unaligned variants), 4.9 min in
+//! all (5.3 min in an earlier run); with every cache warm 12 s and 7 s (docs/PERFORMANCE.md,
+//! "Issue 14, evening of 2026-12-06").
 
 use std::time::Instant;
 
