@@ -4,7 +4,8 @@
 // the block table's list) and form masked scores. Kept in one place so that every family sees
 // exactly the same problem.
 //
-// Tensor layout (f32; element strides come in `params`, the head-dim stride is always 1):
+// Tensor layout (Q, K, V of QKV_TYPE, O of O_TYPE: f32, f16 or bf16 (half.wgsl); LSE f32; element
+// strides come in `params`, the head-dim stride is always 1):
 //   Q, O  [B, Hq, Nq, D]      K, V  [B, Hkv, Nk, D]      LSE [B, Hq, Nq] (natural log)
 //   aux   u32 [kv_lens (B) | ALiBi slopes as f32 bits (Hq) | block table: (first entry, count)
 //         per list, entries (key block, bitmap offset), bitmaps] (see src/mask.rs)
@@ -80,53 +81,155 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-// Q, K, V and O as vec4s when VEC4 (head dim, strides and window bases all multiples of 4: one
-// 16-byte access per 4 elements), else as scalars. On CPU adapters every storage access is a
-// per-lane loop and every `if` a branch of its own: the vec4 forms keep the unrolled register
-// kernels small, which is most of their compile time (docs/COMPILE.md).
+// Q, K and V are stored as QKV_TYPE, O as O_TYPE (0 f32, 1 f16, 2 bf16: half.wgsl). f32 tensors
+// are vec4s when VEC4 (head dim, strides and window bases all multiples of 4: one 16-byte access
+// per 4 elements), else scalars; 16-bit tensors are words of two elements, read two words (four
+// elements) at a time when VEC4. On CPU adapters every storage access is a per-lane loop and
+// every `if` a branch of its own: the vec4 forms keep the unrolled register kernels small, which
+// is most of their compile time (docs/COMPILE.md). A 16-bit O that is not VEC4 may share a word
+// between two rows (odd head dims), so its elements are stored by atomic and/or of their half.
+// @if QKV_TYPE == 0
 // @if VEC4
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
 // @else
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+// @endif
+// @else
+// @if VEC4
+@group(0) @binding(1) var<storage, read> q: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec2<u32>>;
+// @else
+@group(0) @binding(1) var<storage, read> q: array<u32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
+// @endif
+// @endif
+// @if O_TYPE == 0
+// @if VEC4
+@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
+// @else
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
+// @endif
+// @else
+// @if VEC4
+@group(0) @binding(5) var<storage, read_write> o: array<vec2<u32>>;
+// @else
+@group(0) @binding(5) var<storage, read_write> o: array<atomic<u32>>;
+// @endif
 // @endif
 @group(0) @binding(4) var<storage, read> aux: array<u32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 
+// 16-bit storage: widen2, narrow_bits, ...
+// @include half.wgsl
+
+// The i-th 4-element group of Q, K, V (VEC4 only: element 4i on).
+// @if VEC4
+fn q_vec4(i: u32) -> vec4<f32> {
+// @if QKV_TYPE == 0
+    return q[i];
+// @else
+    return widen4(q[i], QKV_TYPE);
+// @endif
+}
+
+fn k_vec4(i: u32) -> vec4<f32> {
+// @if QKV_TYPE == 0
+    return k[i];
+// @else
+    return widen4(k[i], QKV_TYPE);
+// @endif
+}
+
+fn v_vec4(i: u32) -> vec4<f32> {
+// @if QKV_TYPE == 0
+    return v[i];
+// @else
+    return widen4(v[i], QKV_TYPE);
+// @endif
+}
+// @else
+// Element e of Q, K, V (not VEC4).
+fn q_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return q[e];
+// @else
+    return widen_at(q[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+
+fn k_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return k[e];
+// @else
+    return widen_at(k[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+
+fn v_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return v[e];
+// @else
+    return widen_at(v[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+// @endif
 
 // Load 4 consecutive head-dim elements starting at d0 of row `base` (an element index), zero past
 // D. Branch-free: elements past D are read (WGSL bounds every access) and replaced by zero.
 fn load4_q(base: u32, d0: u32) -> vec4<f32> {
 // @if VEC4
-    return select(vec4<f32>(0.0), q[(base + d0) / 4u], d0 < params.head_dim);
+    return select(vec4<f32>(0.0), q_vec4((base + d0) / 4u), d0 < params.head_dim);
 // @else
-    let x = vec4<f32>(q[base + d0], q[base + d0 + 1u], q[base + d0 + 2u], q[base + d0 + 3u]);
+    let x = vec4<f32>(q_at(base + d0), q_at(base + d0 + 1u), q_at(base + d0 + 2u), q_at(base + d0 + 3u));
     return select(vec4<f32>(0.0), x, vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
 // @endif
 }
 
 fn load4_k(base: u32, d0: u32) -> vec4<f32> {
 // @if VEC4
-    return select(vec4<f32>(0.0), k[(base + d0) / 4u], d0 < params.head_dim);
+    return select(vec4<f32>(0.0), k_vec4((base + d0) / 4u), d0 < params.head_dim);
 // @else
-    let x = vec4<f32>(k[base + d0], k[base + d0 + 1u], k[base + d0 + 2u], k[base + d0 + 3u]);
+    let x = vec4<f32>(k_at(base + d0), k_at(base + d0 + 1u), k_at(base + d0 + 2u), k_at(base + d0 + 3u));
     return select(vec4<f32>(0.0), x, vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
 // @endif
 }
 
 fn load4_v(base: u32, d0: u32) -> vec4<f32> {
 // @if VEC4
-    return select(vec4<f32>(0.0), v[(base + d0) / 4u], d0 < params.head_dim);
+    return select(vec4<f32>(0.0), v_vec4((base + d0) / 4u), d0 < params.head_dim);
 // @else
-    let x = vec4<f32>(v[base + d0], v[base + d0 + 1u], v[base + d0 + 2u], v[base + d0 + 3u]);
+    let x = vec4<f32>(v_at(base + d0), v_at(base + d0 + 1u), v_at(base + d0 + 2u), v_at(base + d0 + 3u));
     return select(vec4<f32>(0.0), x, vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
 // @endif
 }
+
+// Store O element e (not VEC4) / the 4 elements from 4i (VEC4), narrowed to O_TYPE.
+// @if VEC4
+fn o_store4(i: u32, val: vec4<f32>) {
+// @if O_TYPE == 0
+    o[i] = val;
+// @else
+    o[i] = narrow4(val, O_TYPE);
+// @endif
+}
+// @else
+fn o_store(e: u32, x: f32) {
+// @if O_TYPE == 0
+    o[e] = x;
+// @else
+    // the other half of the word may be another row's: clear this half, then set it
+    let shift = (e & 1u) * 16u;
+    atomicAnd(&o[e >> 1u], ~(0xffffu << shift));
+    atomicOr(&o[e >> 1u], narrow_bits(x, O_TYPE) << shift);
+// @endif
+}
+// @endif
 
 
 // ---- the work of one workgroup
@@ -268,7 +371,7 @@ fn load_v4(t: Tile, key: u32, d0: u32) -> vec4<f32> {
 // vec4s past it are read as they are: they only reach O columns past the head dim, never stored.
 fn key4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
 // @if VEC4
-    let x = k[(t.k_head + min(key, params.kv_len - 1u) * params.k_stride.z) / 4u + dv];
+    let x = k_vec4((t.k_head + min(key, params.kv_len - 1u) * params.k_stride.z) / 4u + dv);
     return select(vec4<f32>(0.0), x, dv * 4u < params.head_dim);
 // @else
     return load_k4(t, key, dv * 4u);
@@ -277,7 +380,7 @@ fn key4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
 
 fn value4(t: Tile, key: u32, dv: u32) -> vec4<f32> {
 // @if VEC4
-    return v[(t.v_head + min(key, params.kv_len - 1u) * params.v_stride.z) / 4u + dv];
+    return v_vec4((t.v_head + min(key, params.kv_len - 1u) * params.v_stride.z) / 4u + dv);
 // @else
     return load_v4(t, key, dv * 4u);
 // @endif
@@ -343,12 +446,12 @@ fn store_o4(t: Tile, row: Row, d0: u32, val: vec4<f32>) {
         + t.split * params.o_stride.w - params.o_base;
     let d = params.head_dim;
 // @if VEC4
-    if (d0 < d) { o[(ob + d0) / 4u] = val; }   // the head dim is a multiple of 4 with VEC4
+    if (d0 < d) { o_store4((ob + d0) / 4u, val); }   // the head dim is a multiple of 4 with VEC4
 // @else
-    if (d0 < d) { o[ob + d0] = val.x; }
-    if (d0 + 1u < d) { o[ob + d0 + 1u] = val.y; }
-    if (d0 + 2u < d) { o[ob + d0 + 2u] = val.z; }
-    if (d0 + 3u < d) { o[ob + d0 + 3u] = val.w; }
+    if (d0 < d) { o_store(ob + d0, val.x); }
+    if (d0 + 1u < d) { o_store(ob + d0 + 1u, val.y); }
+    if (d0 + 2u < d) { o_store(ob + d0 + 2u, val.z); }
+    if (d0 + 3u < d) { o_store(ob + d0 + 3u, val.w); }
 // @endif
 }
 

@@ -23,6 +23,8 @@ const VEC4: u32 = 0u; // @param 1: K and V bound as vec4s (head dim, strides, ba
 const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
 const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
 const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
+const QKV_TYPE: u32 = 0u; // @param element type of Q, K and V: 0 f32, 1 f16, 2 bf16 (half.wgsl)
+const O_TYPE: u32 = 0u; // @param element type of O: 0 f32, 1 f16, 2 bf16
 
 const WG: u32 = BQ * TPR;
 

@@ -33,6 +33,8 @@ const RH: u32 = 4u; // @param rows whose O accumulators P·V updates together (d
 const RHS: u32 = 1u; // @param R / RH
 const VPK: u32 = 2u; // @param ceil(DV / KB): V vec4s each key step of the scores loads
 const BITS: u32 = 0u; // @param 1: the block table has partial blocks (bitmaps to test)
+const QKV_TYPE: u32 = 0u; // @param element type of Q, K and V: 0 f32, 1 f16, 2 bf16 (half.wgsl)
+const O_TYPE: u32 = 0u; // @param element type of O: 0 f32, 1 f16, 2 bf16
 
 const BQ: u32 = WG * R;
 

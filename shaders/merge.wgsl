@@ -2,12 +2,17 @@
 // log-sum-exp: LSE = log Σ_s exp(LSE_s), O = Σ_s exp(LSE_s − LSE)·O_s. Splits with LSE_s = −∞
 // contribute nothing; a row whose every split is −∞ gets O = 0, LSE = −∞.
 //
-// Layout (f32): partial O [rows, n_splits, D] and partial LSE [rows, n_splits], rows in
-// (batch, kv head, packed row p = (h − kv_head·G)·Nq + i) order of the chunk; final O by strides like Q's, LSE [B, Hq, Nq].
+// Layout: partial O [rows, n_splits, D] and partial LSE [rows, n_splits] (f32), rows in
+// (batch, kv head, packed row p = (h − kv_head·G)·Nq + i) order of the chunk; final O by strides
+// like Q's, of O_TYPE (f32, f16 or bf16: half.wgsl), LSE [B, Hq, Nq] (f32).
 // Tiling: none (no workgroup memory): one invocation per (row, d) element, by linear id
 // (wg_offset + x + y·grid_x)·64 + local index over a 1D or 2D grid; workgroup size 64; the
 // invocation with d = 0 also writes the row's LSE. The only loop runs over n_splits (bounded by
 // the host).
+
+const O_TYPE: u32 = 0u; // @param element type of O: 0 f32, 1 f16, 2 bf16
+
+// @include half.wgsl
 
 struct Params {
     rows: u32,           // partial rows in this chunk
@@ -36,7 +41,12 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> part_o: array<f32>;
 @group(0) @binding(2) var<storage, read> part_lse: array<f32>;
+// @if O_TYPE == 0
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;
+// @else
+// two 16-bit elements a word, the other half possibly another row's: stored by atomic and/or
+@group(0) @binding(3) var<storage, read_write> o: array<atomic<u32>>;
+// @endif
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
 
 @compute @workgroup_size(64)
@@ -82,7 +92,14 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
     if (sum > 0.0) {
         out = acc / sum;
     }
-    o[b * params.o_stride.x + h * params.o_stride.y + i * params.o_stride.z + d - params.o_base] = out;
+    let at = b * params.o_stride.x + h * params.o_stride.y + i * params.o_stride.z + d - params.o_base;
+// @if O_TYPE == 0
+    o[at] = out;
+// @else
+    let shift = (at & 1u) * 16u;
+    atomicAnd(&o[at >> 1u], ~(0xffffu << shift));
+    atomicOr(&o[at >> 1u], narrow_bits(out, O_TYPE) << shift);
+// @endif
     if (d == 0u) {
         var row_lse = neg_inf;
         if (sum > 0.0) {

@@ -5,7 +5,9 @@
 // (L the batch's key length); masked keys (j ≥ L, causal) get MASKED. A row with no visible key
 // gets P = 0, so O = 0, and LSE = −∞.
 //
-// Tensor layout (f32; element strides of Q, K, V, O come in `params`, the head-dim stride is 1):
+// Tensor layout (Q, K, V of QKV_TYPE and O of O_TYPE: f32, f16 or bf16, two 16-bit elements a
+// word (half.wgsl); S, LSE f32; element strides of Q, K, V, O come in `params`, the head-dim
+// stride is 1):
 //   Q, O  [B, Hq, Nq, D]        K, V  [B, Hkv, Nk, D]  (query head h reads K/V head h / G, no copies)
 //   S     [B, Hq, Nq, Nk]       contiguous, row (b·Hq + h)·Nq + i; scores, then P in place
 //   LSE   [B, Hq, Nq]           natural log
@@ -40,6 +42,8 @@ const OC: u32 = 16u; // @param vec4 columns of O per pv workgroup: 4, 8 or 16
 const PR: u32 = 16u; // @param query rows per pv workgroup: WG·RPI / OC
 const PLOADS: u32 = 8u; // @param P elements each pv invocation loads per chunk: PR·KC / WG
 const VLOADS: u32 = 8u; // @param V vec4s each pv invocation loads per chunk: KC·OC / WG
+const QKV_TYPE: u32 = 0u; // @param element type of Q, K and V: 0 f32, 1 f16, 2 bf16
+const O_TYPE: u32 = 0u; // @param element type of O: 0 f32, 1 f16, 2 bf16
 
 const WG: u32 = 64u;         // invocations of every workgroup
 const SQ: u32 = 16u;         // queries of a scores tile (keys: WG, one per invocation)
@@ -50,6 +54,8 @@ const MASKED_CUT: f32 = -1.0e29;
 
 // soft_cap, alibi_bias, causal_offset, key_visible: the score terms every kernel shares
 // @include score_terms.wgsl
+// widen_at, narrow_bits: 16-bit storage
+// @include half.wgsl
 
 struct Params {
     rows: u32,             // B·Hq·Nq (rows of S)
@@ -85,8 +91,13 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 
 // scores
+// @if QKV_TYPE == 0
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
+// @else
+@group(0) @binding(1) var<storage, read> q: array<u32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+// @endif
 @group(0) @binding(3) var<storage, read> aux: array<u32>;
 @group(0) @binding(4) var<storage, read_write> s_out: array<f32>;
 
@@ -96,8 +107,61 @@ struct Params {
 
 // pv
 @group(0) @binding(1) var<storage, read> p_in: array<f32>;
+// @if QKV_TYPE == 0
 @group(0) @binding(2) var<storage, read> v: array<f32>;
+// @else
+@group(0) @binding(2) var<storage, read> v: array<u32>;
+// @endif
+// @if O_TYPE == 0
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;
+// @else
+// the other half of a word may be another row's: elements are stored by atomic and/or
+@group(0) @binding(3) var<storage, read_write> o: array<atomic<u32>>;
+// @endif
+
+// Element e of Q, K, V, widened to f32.
+fn q_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return q[e];
+// @else
+    return widen_at(q[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+
+fn k_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return k[e];
+// @else
+    return widen_at(k[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+
+fn v_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return v[e];
+// @else
+    return widen_at(v[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+
+// O element e: read (widened) and written (narrowed to O_TYPE).
+fn o_load(e: u32) -> f32 {
+// @if O_TYPE == 0
+    return o[e];
+// @else
+    return widen_at(atomicLoad(&o[e >> 1u]), e, O_TYPE);
+// @endif
+}
+
+fn o_store(e: u32, x: f32) {
+// @if O_TYPE == 0
+    o[e] = x;
+// @else
+    let shift = (e & 1u) * 16u;
+    atomicAnd(&o[e >> 1u], ~(0xffffu << shift));
+    atomicOr(&o[e >> 1u], narrow_bits(x, O_TYPE) << shift);
+// @endif
+}
 
 var<workgroup> q_tile: array<vec4<f32>, SQ * DC>;
 var<workgroup> k_tile: array<vec4<f32>, WG * DC>;
@@ -113,30 +177,30 @@ fn workgroup_index(wg_id: vec3<u32>) -> u32 {
 fn load4_q(base: u32, d0: u32) -> vec4<f32> {
     var r = vec4<f32>(0.0);
     let d = params.head_dim;
-    if (d0 < d) { r.x = q[base + d0]; }
-    if (d0 + 1u < d) { r.y = q[base + d0 + 1u]; }
-    if (d0 + 2u < d) { r.z = q[base + d0 + 2u]; }
-    if (d0 + 3u < d) { r.w = q[base + d0 + 3u]; }
+    if (d0 < d) { r.x = q_at(base + d0); }
+    if (d0 + 1u < d) { r.y = q_at(base + d0 + 1u); }
+    if (d0 + 2u < d) { r.z = q_at(base + d0 + 2u); }
+    if (d0 + 3u < d) { r.w = q_at(base + d0 + 3u); }
     return r;
 }
 
 fn load4_k(base: u32, d0: u32) -> vec4<f32> {
     var r = vec4<f32>(0.0);
     let d = params.head_dim;
-    if (d0 < d) { r.x = k[base + d0]; }
-    if (d0 + 1u < d) { r.y = k[base + d0 + 1u]; }
-    if (d0 + 2u < d) { r.z = k[base + d0 + 2u]; }
-    if (d0 + 3u < d) { r.w = k[base + d0 + 3u]; }
+    if (d0 < d) { r.x = k_at(base + d0); }
+    if (d0 + 1u < d) { r.y = k_at(base + d0 + 1u); }
+    if (d0 + 2u < d) { r.z = k_at(base + d0 + 2u); }
+    if (d0 + 3u < d) { r.w = k_at(base + d0 + 3u); }
     return r;
 }
 
 fn load4_v(base: u32, d0: u32) -> vec4<f32> {
     var r = vec4<f32>(0.0);
     let d = params.head_dim;
-    if (d0 < d) { r.x = v[base + d0]; }
-    if (d0 + 1u < d) { r.y = v[base + d0 + 1u]; }
-    if (d0 + 2u < d) { r.z = v[base + d0 + 2u]; }
-    if (d0 + 3u < d) { r.w = v[base + d0 + 3u]; }
+    if (d0 < d) { r.x = v_at(base + d0); }
+    if (d0 + 1u < d) { r.y = v_at(base + d0 + 1u); }
+    if (d0 + 2u < d) { r.z = v_at(base + d0 + 2u); }
+    if (d0 + 3u < d) { r.w = v_at(base + d0 + 3u); }
     return r;
 }
 
@@ -369,16 +433,16 @@ fn pv(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) 
             let at = b * params.o_stride.x + h * params.o_stride.y + i * params.o_stride.z + d0;
             var add = vec4<f32>(0.0);
             if (params.accumulate != 0u) {
-                add.x = o[at];
-                if (d0 + 1u < dims) { add.y = o[at + 1u]; }
-                if (d0 + 2u < dims) { add.z = o[at + 2u]; }
-                if (d0 + 3u < dims) { add.w = o[at + 3u]; }
+                add.x = o_load(at);
+                if (d0 + 1u < dims) { add.y = o_load(at + 1u); }
+                if (d0 + 2u < dims) { add.z = o_load(at + 2u); }
+                if (d0 + 3u < dims) { add.w = o_load(at + 3u); }
             }
             let out = acc[rr] + add;
-            o[at] = out.x;
-            if (d0 + 1u < dims) { o[at + 1u] = out.y; }
-            if (d0 + 2u < dims) { o[at + 2u] = out.z; }
-            if (d0 + 3u < dims) { o[at + 3u] = out.w; }
+            o_store(at, out.x);
+            if (d0 + 1u < dims) { o_store(at + 1u, out.y); }
+            if (d0 + 2u < dims) { o_store(at + 2u, out.z); }
+            if (d0 + 3u < dims) { o_store(at + 3u, out.w); }
         }
     }
 }

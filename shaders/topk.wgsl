@@ -13,7 +13,8 @@
 //                    only eligible blocks (below the key length, and for causal masks not wholly
 //                    after the block's last query) are kept. Writes (first entry, count) and the
 //                    entries (key block, NO_BITS: full), ascending, into `aux`.
-// Tensor layout (f32; element strides of Q and K come in `params`, the head-dim stride is 1):
+// Tensor layout (Q and K of QKV_TYPE: f32, f16 or bf16 (half.wgsl), widened on load; the rest
+// f32; element strides of Q and K come in `params`, the head-dim stride is 1):
 //   Q  [B, Hq, Nq, D]     K  [B, Hkv, Nk, D]     (as in attention_common.wgsl)
 //   pooled  [pooled Q: B, Hq, NQB, D | pooled K from pooled_k_offset: B, Hkv, NKB, D]
 //   scores  [B, Hq, NQB, NKB]
@@ -25,6 +26,9 @@
 // top list (K_MAX) is unrolled.
 
 const K_MAX: u32 = 32u; // @param the largest k (top list length, unrolled)
+const QKV_TYPE: u32 = 0u; // @param element type of Q and K: 0 f32, 1 f16, 2 bf16
+
+// @include half.wgsl
 
 const NO_BITS: u32 = 0xffffffffu;
 const NONE: u32 = 0xffffffffu;
@@ -56,11 +60,33 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+// @if QKV_TYPE == 0
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
+// @else
+@group(0) @binding(1) var<storage, read> q: array<u32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+// @endif
 @group(0) @binding(3) var<storage, read_write> pooled: array<f32>;
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(5) var<storage, read_write> aux: array<u32>;
+
+// Element e of Q / K, widened to f32.
+fn q_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return q[e];
+// @else
+    return widen_at(q[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+
+fn k_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return k[e];
+// @else
+    return widen_at(k[e >> 1u], e, QKV_TYPE);
+// @endif
+}
 
 fn linear(wg: vec3<u32>, tid: u32) -> u32 {
     return (wg.x + wg.y * params.grid_x) * 64u + tid;
@@ -82,7 +108,7 @@ fn pool_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let last = min(first + params.block, params.q_len);
     var sum = 0.0;
     for (var i = first; i < last; i++) {
-        sum += q[b * params.q_stride.x + h * params.q_stride.y + i * params.q_stride.z + x];
+        sum += q_at(b * params.q_stride.x + h * params.q_stride.y + i * params.q_stride.z + x);
     }
     pooled[e] = sum / f32(last - first);
 }
@@ -103,7 +129,7 @@ fn pool_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let last = min(first + params.block, aux[b]);   // aux[b]: the batch's key length
     var sum = 0.0;
     for (var j = first; j < last; j++) {
-        sum += k[b * params.k_stride.x + h * params.k_stride.y + j * params.k_stride.z + x];
+        sum += k_at(b * params.k_stride.x + h * params.k_stride.y + j * params.k_stride.z + x);
     }
     pooled[params.pooled_k_offset + e] = select(0.0, sum / f32(max(last, first + 1u) - first), last > first);
 }

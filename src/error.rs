@@ -55,6 +55,10 @@ pub enum Error {
         /// What to do instead.
         hint: &'static str,
     },
+    /// A tensor's element type is not one the call takes (Q, K and V of different dtypes, an LSE
+    /// that is not f32, a kernel without 16-bit support).
+    #[error("unsupported dtype: {0}")]
+    UnsupportedDType(String),
     /// A tensor was created on another context.
     #[error("tensor belongs to another context")]
     ForeignTensor,

@@ -68,7 +68,7 @@ pub struct ReadmeDoctests;
 pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
 pub use background::BackgroundCompiles;
 pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions, FirstCall, Tuning};
-pub use dtype::DType;
+pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
@@ -87,8 +87,34 @@ pub fn attention(
     v: &HostTensor,
     attn: &Attention,
 ) -> Result<HostOutput> {
+    attention_as(ctx, q, k, v, attn, DType::F32)
+}
+
+/// [`attention()`] with Q, K, V and O stored on the device as `dtype` (values rounded to nearest
+/// on upload; scores, softmax and accumulation in f32; O widened exactly on the way back).
+///
+/// ```
+/// use wgpu_attention::{Attention, Context, DType, HostTensor, Layout, Shape};
+/// # fn main() -> Result<(), wgpu_attention::Error> {
+/// let ctx = Context::new()?;
+/// let shape = Shape::new(1, 2, 50, 64);
+/// let x = HostTensor::new((0..shape.len()).map(|i| (i % 7) as f32 / 7.0).collect(), shape, Layout::Bhsd)?;
+/// let out = wgpu_attention::attention_as(&ctx, &x, &x, &x, &Attention::new(), DType::BF16)?;
+/// assert_eq!(out.o.data.len(), shape.len());
+/// # Ok(()) }
+/// ```
+#[cfg(not(target_arch = "wasm32"))]
+pub fn attention_as(
+    ctx: &Context,
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    attn: &Attention,
+    dtype: DType,
+) -> Result<HostOutput> {
     attn.validate(q.shape, k.shape, v.shape)?;
-    let (qd, kd, vd) = (Tensor::upload(ctx, q)?, Tensor::upload(ctx, k)?, Tensor::upload(ctx, v)?);
+    let up = |t: &HostTensor| Tensor::upload_as(ctx, t, dtype);
+    let (qd, kd, vd) = (up(q)?, up(k)?, up(v)?);
     let out = forward(ctx, &qd, &kd, &vd, attn)?;
     Ok(HostOutput { o: out.o.to_host(ctx)?, lse: out.lse.to_host(ctx)?.data, info: Some(out.info) })
 }

@@ -72,11 +72,12 @@ pub struct Output {
     pub info: CallInfo,
 }
 
-/// Allocate O (Q's shape and layout) and LSE `[B, Hq, Nq, 1]` for a call with query `q`.
+/// Allocate O (Q's shape, layout and dtype) and LSE (f32 `[B, Hq, Nq, 1]`) for a call with
+/// query `q`.
 pub(crate) fn outputs(ctx: &Context, q: &Tensor) -> Result<(Tensor, Tensor)> {
     let s = q.shape;
     Ok((
-        Tensor::zeros(ctx, s, q.layout)?,
+        Tensor::zeros_as(ctx, s, q.layout, q.dtype)?,
         Tensor::zeros(ctx, Shape::new(s.batch, s.heads, s.seq, 1), Layout::Bhsd)?,
     ))
 }
@@ -187,7 +188,7 @@ impl<'c> Recorder<'c> {
 
     /// Record the fused forward of the validated problem `p`, in the family the tuner chooses.
     fn fused(&mut self, p: &Problem, io: Io<'_>, attn: &Attention) -> Result<CallInfo> {
-        let family = crate::tune::family_for(self.ctx, p.head_dim, attn)?;
+        let family = crate::tune::family_for(self.ctx, p.head_dim, io.q.dtype, attn)?;
         self.record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, p, family, io, attn))
     }
 

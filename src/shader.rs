@@ -10,7 +10,8 @@
 //!    whose own `@include`s are resolved in turn; each file is included once (later lines naming
 //!    it again are dropped), so shared files may include shared files.
 //! 4. Lines between `// @if NAME` and `// @else` / `// @endif` stay when the @param NAME is non-zero
-//!    (e.g. subgroup builtins, which adapters without subgroups must never see).
+//!    (e.g. subgroup builtins, which adapters without subgroups must never see); `// @if NAME == 2`
+//!    tests for one value (e.g. a tensor's element type).
 //!
 //! A file is checked as written by specialising it with its own `@param` values ([`defaults`]).
 //!    Lavapipe (llvmpipe) stops every invocation after 65,535 loop iterations in total, silently, so
@@ -34,6 +35,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("attention_common.wgsl", include_str!("../shaders/attention_common.wgsl")),
     ("flash_forward.wgsl", include_str!("../shaders/flash_forward.wgsl")),
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
+    ("half.wgsl", include_str!("../shaders/half.wgsl")),
     ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
     ("naive.wgsl", include_str!("../shaders/naive.wgsl")),
     ("repack.wgsl", include_str!("../shaders/repack.wgsl")),
@@ -160,10 +162,19 @@ fn conditionals(lines: &[String], params: &Params) -> std::result::Result<Vec<St
     let outer = |open: &[(bool, bool)]| open.last().is_none_or(|&(_, keep)| keep);
     for line in lines {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("// @if ") {
-            let v = params.get(name.trim()).ok_or_else(|| format!("`// @if {name}`: no such @param"))?;
-            let keep = outer(&open) && *v != 0;
-            open.push((*v != 0, keep));
+        if let Some(cond) = t.strip_prefix("// @if ") {
+            // `NAME` (non-zero) or `NAME == VALUE`
+            let (name, want) = match cond.split_once("==") {
+                Some((n, v)) => {
+                    let v = v.trim().trim_end_matches('u');
+                    (n.trim(), Some(v.parse::<u32>().map_err(|_| format!("`// @if {cond}`: not a number"))?))
+                }
+                None => (cond.trim(), None),
+            };
+            let v = *params.get(name).ok_or_else(|| format!("`// @if {cond}`: no such @param"))?;
+            let holds = want.map_or(v != 0, |w| v == w);
+            let keep = outer(&open) && holds;
+            open.push((holds, keep));
         } else if t == "// @else" {
             let (cond, _) = open.pop().ok_or("`// @else` without `// @if`")?;
             let keep = outer(&open) && !cond;
@@ -359,6 +370,9 @@ mod tests {
         assert_eq!(kept(1, 0), "a_not_b a");
         assert_eq!(kept(0, 1), "not_a not_a_b");
         assert_eq!(kept(0, 0), "not_a");
+        let lines: Vec<String> = "// @if T == 2\nbf16\n// @else\nother\n// @endif".lines().map(String::from).collect();
+        assert_eq!(conditionals(&lines, &Params::from([("T", 2)])).unwrap(), ["bf16"]);
+        assert_eq!(conditionals(&lines, &Params::from([("T", 1)])).unwrap(), ["other"]);
         let unbalanced: Vec<String> = vec!["// @if A".into()];
         assert!(conditionals(&unbalanced, &Params::from([("A", 1)])).is_err());
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::attention::{Layout, Shape};
 use crate::context::Context;
-use crate::dtype::DType;
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 
 /// A view `[B, H, S, D]` of elements of `dtype` in a storage buffer.
@@ -48,25 +48,81 @@ const USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 impl Tensor {
-    /// Copy a host tensor to the device (a new buffer, in the host tensor's layout).
+    /// Copy a host tensor to the device as f32 (a new buffer, in the host tensor's layout).
     pub fn upload(ctx: &Context, host: &HostTensor) -> Result<Self> {
-        let dtype = DType::F32;
-        check_buffer_size(ctx, "tensor", dtype.bytes(host.data.len() as u64))?;
-        let data: &[u8] = if host.data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(&host.data) };
+        Self::upload_as(ctx, host, DType::F32)
+    }
+
+    /// Copy a host tensor to the device stored as `dtype`, each value rounded to the nearest
+    /// `dtype` value (ties to even; f16 values past ±65504 become ±∞).
+    ///
+    /// ```
+    /// use wgpu_attention::{Context, DType, HostTensor, Layout, Shape, Tensor};
+    /// # fn main() -> Result<(), wgpu_attention::Error> {
+    /// let ctx = Context::new()?;
+    /// let host = HostTensor::new(vec![1.0, 2.5, 1.0 + 1.0 / 4096.0, -3.0], Shape::new(1, 1, 1, 4), Layout::Bhsd)?;
+    /// let t = Tensor::upload_as(&ctx, &host, DType::BF16)?;
+    /// assert_eq!(t.dtype(), DType::BF16);
+    /// assert_eq!(t.to_host(&ctx)?.data, vec![1.0, 2.5, 1.0, -3.0]); // widened exactly
+    /// # Ok(()) }
+    /// ```
+    pub fn upload_as(ctx: &Context, host: &HostTensor, dtype: DType) -> Result<Self> {
+        Self::upload_bytes(ctx, dtype.encode(&host.data), dtype, host.shape, host.layout)
+    }
+
+    /// Copy elements of a host type (`f32`, `half::f16` or `half::bf16`) to the device as they
+    /// are, in `layout` order with logical `shape`.
+    ///
+    /// ```
+    /// use half::f16;
+    /// use wgpu_attention::{Context, DType, Layout, Shape, Tensor};
+    /// # fn main() -> Result<(), wgpu_attention::Error> {
+    /// let ctx = Context::new()?;
+    /// let data: Vec<f16> = (0..24).map(|i| f16::from_f32(i as f32 / 8.0)).collect();
+    /// let t = Tensor::from_slice(&ctx, &data, Shape::new(1, 2, 3, 4), Layout::Bhsd)?;
+    /// assert_eq!(t.dtype(), DType::F16);
+    /// assert_eq!(t.to_host(&ctx)?.at(0, 1, 2, 3), 23.0 / 8.0);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_slice<T: Element>(ctx: &Context, data: &[T], shape: Shape, layout: Layout) -> Result<Self> {
+        if data.len() != shape.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "{} elements given for shape {shape} ({} expected)",
+                data.len(),
+                shape.len()
+            )));
+        }
+        Self::upload_bytes(ctx, bytemuck::cast_slice(data).to_vec(), T::DTYPE, shape, layout)
+    }
+
+    fn upload_bytes(
+        ctx: &Context,
+        mut bytes: Vec<u8>,
+        dtype: DType,
+        shape: Shape,
+        layout: Layout,
+    ) -> Result<Self> {
+        // whole words (16-bit tensors of an odd length end half way through one), never empty
+        bytes.resize(bytes.len().max(1).next_multiple_of(4), 0);
+        check_buffer_size(ctx, "tensor", bytes.len() as u64)?;
         let buffer = ctx.scoped(|| {
             ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("tensor"),
-                contents: data,
+                contents: &bytes,
                 usage: USAGE,
             })
         })?;
-        Ok(Self::whole(ctx, buffer, dtype, host.shape, host.layout))
+        Ok(Self::whole(ctx, buffer, dtype, shape, layout))
     }
 
-    /// A zeroed tensor on the device (a new buffer in `layout`).
+    /// A zeroed f32 tensor on the device (a new buffer in `layout`).
     pub fn zeros(ctx: &Context, shape: Shape, layout: Layout) -> Result<Self> {
-        let dtype = DType::F32;
-        let bytes = dtype.bytes(shape.len().max(1) as u64);
+        Self::zeros_as(ctx, shape, layout, DType::F32)
+    }
+
+    /// A zeroed tensor of `dtype` on the device (a new buffer in `layout`).
+    pub fn zeros_as(ctx: &Context, shape: Shape, layout: Layout, dtype: DType) -> Result<Self> {
+        let bytes = dtype.bytes(shape.len().max(1) as u64).next_multiple_of(4);
         check_buffer_size(ctx, "tensor", bytes)?;
         let buffer = ctx.scoped(|| {
             ctx.create_buffer(&wgpu::BufferDescriptor {
@@ -174,20 +230,35 @@ impl Tensor {
             && [Layout::Bhsd, Layout::Bshd].iter().any(|l| l.strides(self.shape) == self.strides)
     }
 
-    /// Overwrite every element of the view with `value` (tests poison outputs with NaN this way);
-    /// elements of the buffer between a strided view's rows are left alone.
+    /// Overwrite every element of the view with `value` (rounded to the view's dtype; tests
+    /// poison outputs with NaN this way); elements of the buffer between a strided view's rows
+    /// are left alone. A 16-bit view's runs of elements must start on a 4-byte boundary (a run
+    /// may end half way through the buffer's last word, whose other half is padding).
     pub fn fill(&self, ctx: &Context, value: f32) -> Result<()> {
         self.check_context(ctx)?;
-        let write = |first: usize, n: usize| {
-            let data = vec![value; n];
-            let at = self.dtype.bytes(first as u64);
-            ctx.queue.write_buffer(&self.buffer, at, bytemuck::cast_slice(&data));
+        let runs: Vec<(usize, usize)> = if self.is_contiguous() {
+            vec![(self.offset, self.shape.len())]
+        } else {
+            let mut runs = Vec::new();
+            self.for_each_row(Layout::Bhsd, |first| runs.push((first, self.shape.head_dim)));
+            runs
         };
+        let size = self.buffer.size();
+        for &(first, n) in &runs {
+            let (at, end) = (self.dtype.bytes(first as u64), self.dtype.bytes((first + n) as u64));
+            if !at.is_multiple_of(4) || !(end.is_multiple_of(4) || end.next_multiple_of(4) == size) {
+                return Err(Error::InvalidOption(format!(
+                    "fill of a {} view whose elements {first}..{} do not start and end on 4-byte boundaries",
+                    self.dtype,
+                    first + n
+                )));
+            }
+        }
         ctx.scoped(|| {
-            if self.is_contiguous() {
-                write(self.offset, self.shape.len());
-            } else {
-                self.for_each_row(Layout::Bhsd, |first| write(first, self.shape.head_dim));
+            for (first, n) in runs {
+                let mut bytes = self.dtype.encode(&vec![value; n]);
+                bytes.resize(bytes.len().next_multiple_of(4), 0);
+                ctx.queue.write_buffer(&self.buffer, self.dtype.bytes(first as u64), &bytes);
             }
         })
     }
@@ -218,17 +289,28 @@ impl Tensor {
     ) -> Result<(wgpu::SubmissionIndex, impl Future<Output = Result<HostTensor>> + 'static)> {
         self.check_context(ctx)?;
         let (first, end) = self.extent();
-        // the copy starts and ends on 4-byte boundaries (f32 elements already are)
-        let at = self.dtype.bytes(first as u64);
-        let (index, bytes) =
-            ctx.read_async(&self.buffer, at, self.dtype.bytes((end - first).max(1) as u64))?;
+        // the copy starts and ends on 4-byte boundaries (a 16-bit view may start or end half
+        // way through a word; the buffers this crate makes hold whole words)
+        let at = self.dtype.bytes(first as u64) / 4 * 4;
+        let to = self.dtype.bytes(end.max(first + 1) as u64).next_multiple_of(4);
+        if to > self.buffer.size() {
+            return Err(Error::InvalidOption(format!(
+                "the view ends half way through the last word of a {}-byte buffer: it cannot be copied",
+                self.buffer.size()
+            )));
+        }
+        let (index, bytes) = ctx.read_async(&self.buffer, at, to - at)?;
         let view = self.clone();
+        // element e of the buffer is element e - skip of the bytes read
+        let skip = (at / view.dtype.size()) as usize;
         Ok((index, async move {
             let bytes = bytes.await?;
-            let all: &[f32] = bytemuck::cast_slice(&bytes);
             let mut data = Vec::with_capacity(view.shape.len());
             let d = view.shape.head_dim;
-            view.for_each_row(view.layout, |row| data.extend_from_slice(&all[row - view.offset..][..d]));
+            let dtype = view.dtype;
+            view.for_each_row(view.layout, |row| {
+                data.extend((row - skip..row - skip + d).map(|e| dtype.decode_at(&bytes, e)))
+            });
             HostTensor::new(data, view.shape, view.layout)
         }))
     }
@@ -332,6 +414,18 @@ impl HostTensor {
             )));
         }
         Ok(Self { data, shape, layout })
+    }
+
+    /// Host elements of `f32`, `half::f16` or `half::bf16`, widened exactly to f32 (the CPU
+    /// oracle then computes on exactly the values a 16-bit device tensor holds).
+    pub fn from_elements<T: Element>(data: &[T], shape: Shape, layout: Layout) -> Result<Self> {
+        Self::new(data.iter().map(|&x| x.to_f32()).collect(), shape, layout)
+    }
+
+    /// A copy with every element rounded to the nearest `dtype` value (ties to even): the values
+    /// [`Tensor::upload_as`] stores.
+    pub fn rounded(&self, dtype: DType) -> Self {
+        Self { data: self.data.iter().map(|&x| dtype.round(x)).collect(), ..self.clone() }
     }
 
     /// Element (b, h, s, d).

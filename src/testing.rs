@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use crate::attention::{Attention, HostTensor, Layout, Shape};
 use crate::context::Context;
 use crate::cpu::reference;
+use crate::dtype::DType;
 use crate::error::Result;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::record::forward_into;
@@ -179,6 +180,79 @@ pub fn run_case_with(ctx: &Context, case: &Case, seed: u64, forward: ForwardInto
     let info = forward(ctx, &qd, &kd, &vd, &case.attn, &o, &lse)?;
     let (o, lse) = (o.to_host(ctx)?, lse.to_host(ctx)?);
     Ok(errors(&o.data, &lse.data, &want, Some(info)))
+}
+
+/// Errors of a 16-bit run: the kernel's, and those of the same computation done naively in the
+/// storage precision ([`reference::attention_in_storage`]), both against the f64 oracle on the
+/// rounded inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct HalfErrors {
+    /// The kernel's errors.
+    pub kernel: Errors,
+    /// The naive storage-precision computation's errors (its `info` is `None`).
+    pub naive: Errors,
+}
+
+impl HalfErrors {
+    /// Absolute floor of the 2× rule: f32 rounding of O(1) values, so that an output stored in
+    /// f32 (whose naive error is P's rounding alone) is not held to less.
+    pub const FLOOR: f64 = 1e-5;
+
+    /// FlashAttention's rule for 16-bit: the kernel's relative and max abs errors at most twice
+    /// the naive computation's plus [`HalfErrors::FLOOR`], its relative error under 1e-2 and its
+    /// LSE within 1e-3 (LSE is computed in f32 from the widened inputs). False on NaN.
+    pub fn pass(&self) -> bool {
+        let (k, n) = (&self.kernel, &self.naive);
+        k.rel <= 2.0 * n.rel + Self::FLOOR
+            && k.max_abs <= 2.0 * n.max_abs + Self::FLOOR
+            && k.rel < 1e-2
+            && k.lse_max_abs < 1e-3
+    }
+}
+
+/// [`run_case`] with Q, K and V stored as `qkv` and O as `o` (LSE f32): the inputs of `seed`
+/// rounded to `qkv`, uploaded as `qkv`; O and LSE poisoned with NaN; the kernel's errors and the
+/// naive storage-precision computation's against the f64 oracle on the rounded inputs.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_case_16(ctx: &Context, case: &Case, seed: u64, qkv: DType, o: DType) -> Result<HalfErrors> {
+    run_case_16_with(ctx, case, seed, (qkv, o), forward_into)
+}
+
+/// [`run_case_16`] through another forward (e.g. the naive baseline's `forward_into`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_case_16_with(
+    ctx: &Context,
+    case: &Case,
+    seed: u64,
+    (qkv, o): (DType, DType),
+    forward: ForwardInto,
+) -> Result<HalfErrors> {
+    let (q, k, v) = case.inputs(seed);
+    let (q, k, v) = (q.rounded(qkv), k.rounded(qkv), v.rounded(qkv));
+    run_inputs_16(ctx, case, (&q, &k, &v), (qkv, o), forward)
+}
+
+/// [`run_case_16_with`] on given inputs (already `qkv` values, e.g. large logits).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_inputs_16(
+    ctx: &Context,
+    case: &Case,
+    (q, k, v): (&HostTensor, &HostTensor, &HostTensor),
+    (qkv, o_dtype): (DType, DType),
+    forward: ForwardInto,
+) -> Result<HalfErrors> {
+    let want = reference::attention(q, k, v, &case.attn)?;
+    let naive = reference::attention_in_storage(q, k, v, &case.attn, qkv, o_dtype)?;
+    let (qd, kd, vd) = (Tensor::upload_as(ctx, q, qkv)?, Tensor::upload_as(ctx, k, qkv)?, Tensor::upload_as(ctx, v, qkv)?);
+    let o = Tensor::zeros_as(ctx, q.shape, case.layout, o_dtype)?;
+    let lse = Tensor::zeros(ctx, Shape::new(case.batch, case.q_heads, case.q_len, 1), Layout::Bhsd)?;
+    o.fill(ctx, f32::NAN)?;
+    lse.fill(ctx, f32::NAN)?;
+    let info = forward(ctx, &qd, &kd, &vd, &case.attn, &o, &lse)?;
+    let (o, lse) = (o.to_host(ctx)?, lse.to_host(ctx)?);
+    let naive_o: Vec<f32> = naive.o.iter().map(|&x| x as f32).collect();
+    let naive_lse: Vec<f32> = naive.lse.iter().map(|&x| x as f32).collect();
+    Ok(HalfErrors { kernel: errors(&o.data, &lse.data, &want, Some(info)), naive: errors(&naive_o, &naive_lse, &want, None) })
 }
 
 /// The errors of O and LSE against the oracle's answer `want`.

@@ -95,7 +95,7 @@ pub struct TuneKey {
 }
 
 impl TuneKey {
-    /// The key of a call on `ctx`.
+    /// The key of an f32 call on `ctx` (see [`TuneKey::with_dtype`]).
     pub fn new(ctx: &Context, head_dim: usize, mask: MaskClass) -> Self {
         let i = &ctx.adapter().info;
         Self {
@@ -106,6 +106,11 @@ impl TuneKey {
             mask,
         }
     }
+    /// The key for tensors of `dtype` (each dtype is its own kernel, tuned on its own).
+    pub fn with_dtype(self, dtype: crate::DType) -> Self {
+        Self { dtype: dtype.name(), ..self }
+    }
+
     fn line_key(&self) -> String {
         let (a, w, d, t, m) = (&self.adapter, self.wgpu, self.head_dim, self.dtype, self.mask.name());
         format!("{a}|wgpu{w}|k{KERNELS_REVISION}|d{d}|{t}|{m}").replace(['\t', '\n'], " ")
@@ -176,7 +181,7 @@ pub fn remember(ctx: &Context, key: &TuneKey, family: Family) {
 /// [`Tuning`] says: the adapter's rule ([`default_family`]) with `Off`; otherwise the choice the
 /// tuning cache holds for the call's key, and for a key it lacks the adapter's rule (`Cached`)
 /// or a measurement made now and written to the cache (`OnFirstUse`).
-pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Family> {
+pub fn family_for(ctx: &Context, head_dim: usize, dtype: crate::DType, attn: &Attention) -> Result<Family> {
     if let Some(f) = attn.launch.kernel.or(ctx.options().kernel) {
         return Ok(f);
     }
@@ -184,7 +189,7 @@ pub fn family_for(ctx: &Context, head_dim: usize, attn: &Attention) -> Result<Fa
     if tuning == Tuning::Off {
         return Ok(default_family(ctx));
     }
-    let key = TuneKey::new(ctx, head_dim, MaskClass::of(attn));
+    let key = TuneKey::new(ctx, head_dim, MaskClass::of(attn)).with_dtype(dtype);
     if let Some(f) = ctx.tuned.lock().unwrap().get(&key) {
         return Ok(*f);
     }
@@ -223,7 +228,7 @@ pub fn tune(ctx: &Context, key: &TuneKey) -> Result<(Family, Timings)> {
     let shape = Shape::new(1, heads, n, d);
     let data: Vec<f32> = (0..shape.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let host = crate::HostTensor::new(data, shape, Layout::Bhsd)?;
-    let t = Tensor::upload(ctx, &host)?;
+    let t = Tensor::upload_as(ctx, &host, crate::DType::parse(key.dtype).unwrap_or_default())?;
     let base = match key.mask {
         MaskClass::Dense => Attention::new(),
         MaskClass::Causal => Attention::new().causal(Causal::BottomRight),

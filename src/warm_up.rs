@@ -40,7 +40,7 @@ pub struct WarmUp {
     /// Head dims (1..=[`crate::MAX_HEAD_DIM`]); dims that compile to the same kernel count once
     /// (same size, both below it or both filling it, both multiples of 4 or not).
     pub head_dims: Vec<usize>,
-    /// Element types of Q, K, V (f32 only until half precision lands).
+    /// Element types of Q, K, V and O (each dtype is a kernel of its own).
     pub dtypes: Vec<DType>,
     /// Mask classes: no mask (and key padding), causal, block tables (masks, patterns, top-k).
     pub masks: Vec<MaskClass>,
@@ -91,7 +91,7 @@ impl WarmUp {
     }
 
     /// The tiny calls, one per step: (head dim, options).
-    fn steps(&self) -> Result<Vec<(usize, Vec<Attention>)>> {
+    fn steps(&self) -> Result<Vec<(usize, DType, Vec<Attention>)>> {
         let mut dims: Vec<usize> = Vec::new();
         for &d in &self.head_dims {
             if d == 0 || d > crate::MAX_HEAD_DIM {
@@ -104,39 +104,36 @@ impl WarmUp {
                 dims.push(d);
             }
         }
-        for &t in &self.dtypes {
-            if t != DType::F32 {
-                return Err(Error::UnsupportedFeature { feature: "16-bit tensors", hint: "warm up f32" });
-            }
-        }
         let mut steps = Vec::new();
         for &d in &dims {
-            for &class in &self.masks {
-                let mut calls = match class {
-                    // split keys: the LSE merge too
-                    MaskClass::Dense => vec![Attention::new().num_splits(2)],
-                    MaskClass::Causal => vec![Attention::new().causal(Causal::BottomRight)],
-                    // a window has partial blocks (per-element bitmaps); top-k has whole blocks
-                    // and its own selection kernel
-                    MaskClass::Table => vec![
-                        Attention::new().causal(Causal::BottomRight).mask(Mask::window(40, 0)),
-                        Attention::new().topk(1, 32),
-                    ],
-                };
-                let base = calls.clone();
-                if self.softcap {
-                    calls.extend(base.iter().map(|a| a.clone().softcap(30.0)));
+            for &dtype in &self.dtypes {
+                for &class in &self.masks {
+                    let mut calls = match class {
+                        // split keys: the LSE merge too
+                        MaskClass::Dense => vec![Attention::new().num_splits(2)],
+                        MaskClass::Causal => vec![Attention::new().causal(Causal::BottomRight)],
+                        // a window has partial blocks (per-element bitmaps); top-k has whole blocks
+                        // and its own selection kernel
+                        MaskClass::Table => vec![
+                            Attention::new().causal(Causal::BottomRight).mask(Mask::window(40, 0)),
+                            Attention::new().topk(1, 32),
+                        ],
+                    };
+                    let base = calls.clone();
+                    if self.softcap {
+                        calls.extend(base.iter().map(|a| a.clone().softcap(30.0)));
+                    }
+                    if self.alibi {
+                        calls.extend(base.iter().map(|a| a.clone().alibi_slopes(vec![0.5])));
+                    }
+                    if !self.kernels.is_empty() {
+                        calls = calls
+                            .iter()
+                            .flat_map(|a| self.kernels.iter().map(|&f| a.clone().kernel(f)))
+                            .collect();
+                    }
+                    steps.push((d, dtype, calls));
                 }
-                if self.alibi {
-                    calls.extend(base.iter().map(|a| a.clone().alibi_slopes(vec![0.5])));
-                }
-                if !self.kernels.is_empty() {
-                    calls = calls
-                        .iter()
-                        .flat_map(|a| self.kernels.iter().map(|&f| a.clone().kernel(f)))
-                        .collect();
-                }
-                steps.push((d, calls));
             }
         }
         Ok(steps)
@@ -147,7 +144,7 @@ impl WarmUp {
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WarmUpReport {
-    /// Steps run: (compiled head dim, mask class) pairs.
+    /// Steps run: (compiled head dim, dtype, mask class) triples.
     pub steps: usize,
     /// Pipelines the context compiled during the warm-up (0 when all were compiled before).
     pub pipelines: usize,
@@ -180,8 +177,8 @@ impl Context {
         for plan in plans {
             steps.extend(plan.steps()?);
         }
-        for (i, (d, calls)) in steps.iter().enumerate() {
-            warm_step(self, *d, calls)?;
+        for (i, (d, dtype, calls)) in steps.iter().enumerate() {
+            warm_step(self, *d, *dtype, calls)?;
             progress(i + 1, steps.len());
         }
         Ok(WarmUpReport {
@@ -192,13 +189,13 @@ impl Context {
     }
 }
 
-/// One warm-up step on `ctx`: a tiny call (B 1, H 1, 64 queries and keys) of head dim `d` for
-/// each of `calls`, waited for.
+/// One warm-up step on `ctx`: a tiny call (B 1, H 1, 64 queries and keys) of head dim `d` in
+/// `dtype` for each of `calls`, waited for.
 #[cfg(not(target_arch = "wasm32"))]
-fn warm_step(ctx: &Context, d: usize, calls: &[Attention]) -> Result<()> {
+fn warm_step(ctx: &Context, d: usize, dtype: DType, calls: &[Attention]) -> Result<()> {
     let shape = Shape::new(1, 1, 64, d);
     let data = (0..shape.len()).map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5).collect();
-    let x = Tensor::upload(ctx, &HostTensor::new(data, shape, Layout::Bhsd)?)?;
+    let x = Tensor::upload_as(ctx, &HostTensor::new(data, shape, Layout::Bhsd)?, dtype)?;
     for attn in calls {
         // the kernels later calls run, never FirstCall::Quick's stand-ins
         let mut attn = attn.clone();

@@ -219,8 +219,8 @@ fn bad_arguments_are_usage_errors() {
     let bad_json = dir.path("bad.json");
     std::fs::write(&bad_json, "{\"not\": \"an array\"}").expect("write");
     let cases: [&[&str]; 7] = [
-        &["--dtype", "f16"],
-        &["--dtype", "f32,bf16"],
+        &["--dtype", "f64"],
+        &["--dtype", "f32,int8"],
         &["--density", "1.5"],
         &["--head-dim", "300"],
         &["--seq", "0"],
@@ -236,6 +236,53 @@ fn bad_arguments_are_usage_errors() {
         assert!(stderr.lines().any(|l| l.starts_with("error:")), "{extra:?}: an `error:` line:\n{stderr}");
         assert!(out.stdout.is_empty(), "{extra:?}: nothing on stdout");
     }
-    let out = wgattn(&["bench", "--dtype", "f16"]);
-    assert!(text(&out.stderr).contains("f16") && text(&out.stderr).contains("f32"), "names the dtypes");
+    let out = wgattn(&["bench", "--dtype", "f64"]);
+    assert!(text(&out.stderr).contains("bf16") && text(&out.stderr).contains("f32"), "names the dtypes");
+}
+
+#[test]
+fn dtype_axis_adds_rows_and_counts_the_smaller_traffic() {
+    let dir = TempDir::new("dtype");
+    let json = dir.path("rows.json");
+    let out = wgattn(&[
+        "bench",
+        "--backend",
+        "gpu-fused,gpu-naive",
+        "--mode",
+        "dense",
+        "--seq",
+        "64",
+        "--head-dim",
+        "32",
+        "--heads",
+        "2",
+        "--reps",
+        "1",
+        "--dtype",
+        "f32,f16,bf16",
+        "--json",
+        &json,
+    ]);
+    assert_success(&out);
+    let rows = read_json(&json);
+    assert_eq!(rows.len(), 6, "one row per backend and dtype");
+    // bytes moved per call: gbps · median_ms · 1e6
+    let bytes = |dtype: &str| {
+        let r = rows
+            .iter()
+            .find(|r| r["backend"] == "gpu-fused" && r["dtype"] == dtype)
+            .expect("a row per dtype");
+        r["gbps"].as_f64().expect("gbps") * r["median_ms"].as_f64().expect("median_ms") * 1e6
+    };
+    // Q, K, V, O of 2·64·32 elements each plus an f32 LSE of 2·64
+    let (elems, lse) = (4.0 * 2.0 * 64.0 * 32.0, 4.0 * 2.0 * 64.0);
+    for (dtype, size) in [("f32", 4.0), ("f16", 2.0), ("bf16", 2.0)] {
+        let want = elems * size + lse;
+        assert!((bytes(dtype) - want).abs() < 1e-6 * want, "{dtype}: {} bytes, want {want}", bytes(dtype));
+    }
+    // the naive baseline takes every dtype too
+    for dtype in ["f16", "bf16"] {
+        let r = rows.iter().find(|r| r["backend"] == "gpu-naive" && r["dtype"] == dtype).unwrap();
+        assert!(r["median_ms"].as_f64().is_some(), "{r}");
+    }
 }

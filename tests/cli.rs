@@ -251,6 +251,9 @@ fn check_quick_passes() {
         matches!(counts[..], ["check:", n, "passed,", "0", "failed"] if n.parse::<usize>().is_ok_and(|n| n > 0)),
         "bad summary line `{summary}`"
     );
+    // the 16-bit suite ran, and its line says what it skipped (nothing: no feature is needed)
+    assert!(stdout.lines().any(|l| l.starts_with("16-bit: f16 and bf16 run on every adapter")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("f16->f16") && l.contains("PASS")), "{stdout}");
     // compile time apart from run time
     let compile = stdout.lines().find(|l| l.starts_with("compile: ")).expect("compile line");
     assert!(compile.contains(" s (") && compile.contains("pipelines"), "{compile}");
@@ -554,4 +557,56 @@ fn run_topk_matches_oracle() {
         "32",
     ]);
     assert_eq!(out.status.code(), Some(2), "--topk-block without --topk must be refused");
+}
+
+/// `run --dtype`: float16 inputs are read, tensors stored as f16 / bf16 on the device; O is a
+/// float16 file with `--dtype f16`, float32 otherwise; both within 1e-2 of the oracle on the
+/// inputs rounded to the dtype (what `--device cpu --dtype` computes).
+#[test]
+fn run_stores_tensors_in_16_bit() {
+    let dir = TempDir::new("dtype");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x16);
+    let s = Shape::new(1, 2, 45, 40);
+    let (q, dims) = random(&mut rng, s, Layout::Bhsd);
+    let (k, _) = random(&mut rng, s, Layout::Bhsd);
+    let (v, _) = random(&mut rng, s, Layout::Bhsd);
+    // Q as float16, K and V as float32: both are read
+    let q16: Vec<half::f16> = q.data.iter().map(|&x| half::f16::from_f32(x)).collect();
+    write_npy(&dir.path("q.npy"), &dims, &q16);
+    write_npy(&dir.path("k.npy"), &dims, &k.data);
+    write_npy(&dir.path("v.npy"), &dims, &v.data);
+    for (dtype, o_descr) in [("f16", "<f2"), ("bf16", "<f4")] {
+        let dt = wgpu_attention::DType::parse(dtype).unwrap();
+        let want =
+            reference::attention(&q.rounded(dt), &k.rounded(dt), &v.rounded(dt), &Attention::new()).unwrap();
+        for device in ["gpu", "cpu"] {
+            let out = dir.path(&format!("o-{dtype}-{device}.npy"));
+            let o = out.to_str().unwrap();
+            let r = wgattn(&[
+                "run",
+                "--q",
+                dir.path("q.npy").to_str().unwrap(),
+                "--k",
+                dir.path("k.npy").to_str().unwrap(),
+                "--v",
+                dir.path("v.npy").to_str().unwrap(),
+                "--out",
+                o,
+                "--dtype",
+                dtype,
+                "--device",
+                device,
+            ]);
+            assert!(r.status.success(), "{dtype} {device}: {}", text(&r.stderr));
+            let npy = npyz::NpyFile::new(File::open(&out).unwrap()).unwrap();
+            assert_eq!(npy.dtype().descr(), format!("'{o_descr}'"), "{dtype} {device}: O's dtype");
+            let data: Vec<f32> = if o_descr == "<f2" {
+                npy.into_vec::<half::f16>().unwrap().into_iter().map(f32::from).collect()
+            } else {
+                npy.into_vec::<f32>().unwrap()
+            };
+            let (rel, _) = reference::compare(&data, &want.o);
+            assert!(rel < 1e-2, "{dtype} {device}: rel {rel}");
+        }
+    }
 }

@@ -99,12 +99,60 @@ fn every_specialisation_validates() {
 /// template line is validated without every combination of every shape (`cargo test --test
 /// shaders` on a 2-core Xeon: 396 s with more combinations, 154 s so).
 fn validate(cfg: TileConfig, terms: bool) {
-    let mut variants = vec![Variant { vec4: true, softcap: false, alibi: false, bitmaps: false }];
+    let mut variants = vec![Variant { vec4: true, ..Variant::default() }];
     if terms {
-        variants.push(Variant { vec4: true, softcap: true, alibi: true, bitmaps: true });
-        variants.push(Variant { vec4: false, softcap: true, alibi: true, bitmaps: true });
+        variants.push(Variant {
+            vec4: true,
+            softcap: true,
+            alibi: true,
+            bitmaps: true,
+            ..Variant::default()
+        });
+        variants.push(Variant {
+            vec4: false,
+            softcap: true,
+            alibi: true,
+            bitmaps: true,
+            ..Variant::default()
+        });
     }
     for variant in variants {
         cfg.specialised_source(variant).unwrap_or_else(|e| panic!("{cfg:?} {variant:?}: {e}"));
+    }
+}
+
+/// The 16-bit forms of every kernel: the fused families with Q, K, V in f16 and bf16 and O in
+/// either or f32, vec4 and scalar accesses, every optional term; the LSE merge, top-k selection and
+/// naive baseline with every element type. (The head-dim sweep above is f32: the dtype `@if`s do
+/// not depend on the tile shape.)
+#[test]
+fn sixteen_bit_specialisations_validate() {
+    use wgpu_attention::DType;
+    let configs = [
+        TileConfig::choose(64, &wgpu::Limits::default()).unwrap(),
+        TileConfig::register(59, Some(8), None, false),
+        TileConfig::register(40, None, Some(64), true),
+    ];
+    for cfg in configs {
+        for qkv in [DType::F16, DType::BF16] {
+            for o in [qkv, DType::F32] {
+                for vec4 in [true, false] {
+                    let variant = Variant { vec4, softcap: true, alibi: true, bitmaps: true, qkv, o };
+                    cfg.specialised_source(variant).unwrap_or_else(|e| panic!("{cfg:?} {variant:?}: {e}"));
+                }
+            }
+        }
+    }
+    let file = |name: &str| shader::FILES.iter().find(|(n, _)| *n == name).unwrap().1;
+    for (name, param) in [("merge.wgsl", "O_TYPE"), ("topk.wgsl", "QKV_TYPE"), ("naive.wgsl", "QKV_TYPE")] {
+        let text = file(name);
+        for code in [1, 2] {
+            let mut params = shader::defaults(&shader::resolve_includes(name, text).unwrap());
+            params.insert(param, code);
+            if name == "naive.wgsl" {
+                params.insert("O_TYPE", 3 - code);
+            }
+            shader::specialise(name, text, &params).unwrap_or_else(|e| panic!("{name} {param}={code}: {e}"));
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! `wgattn check`. It is slow on purpose: obviously right beats fast here.
 
 use crate::attention::{Attention, Causal, HostTensor};
+use crate::dtype::DType;
 use crate::error::Result;
 
 /// Output of the oracle.
@@ -17,8 +18,37 @@ pub struct Reference {
 /// The visibility predicate (key padding, causal, masks) shared with the block-mask builder.
 pub use crate::mask::visible;
 
-/// Compute attention in f64 on the host.
+/// Compute attention in f64 on the host. 16-bit inputs are taken exactly: upload them with
+/// [`HostTensor::from_elements`] or compute on [`HostTensor::rounded`] copies.
 pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attention) -> Result<Reference> {
+    attention_with(q, k, v, attn, None)
+}
+
+/// The same computation done naively in a storage precision, the yardstick of FlashAttention's
+/// 16-bit tests: scores rounded to f32, the softmax's probabilities P rounded to `storage`
+/// before P·V (which accumulates exactly), and O rounded to `o` (LSE as [`attention`]'s). A 16-bit
+/// kernel's error against [`attention`] should be at most about twice this one's.
+pub fn attention_in_storage(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    attn: &Attention,
+    storage: DType,
+    o: DType,
+) -> Result<Reference> {
+    let mut r = attention_with(q, k, v, attn, Some(storage))?;
+    r.o.iter_mut().for_each(|x| *x = o.round(*x as f32) as f64);
+    Ok(r)
+}
+
+/// [`attention`], with the scores rounded to f32 and P to `storage` when it is given.
+fn attention_with(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    attn: &Attention,
+    storage: Option<DType>,
+) -> Result<Reference> {
     let p = attn.validate(q.shape, k.shape, v.shape)?;
     let scale = attn.scale_for(p.head_dim) as f64;
     let softcap = attn.softcap.map(f64::from);
@@ -68,27 +98,33 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor, attn: &Attentio
                         if let Some(slope) = slope {
                             s -= slope * (i as f64 + kv_len_b as f64 - p.q_len as f64 - j as f64).abs();
                         }
+                        if storage.is_some() {
+                            s = s as f32 as f64;
+                        }
                         *s_out = s;
                         max = max.max(s);
                     }
                     if max == f64::NEG_INFINITY {
                         continue; // no visible key: O stays 0, LSE stays −∞
                     }
+                    let sum: f64 =
+                        scores.iter().filter(|&&s| s > f64::NEG_INFINITY).map(|s| (s - max).exp()).sum();
                     acc.iter_mut().for_each(|a| *a = 0.0);
-                    let mut sum = 0.0;
                     for (j, &s) in scores.iter().enumerate() {
                         if s == f64::NEG_INFINITY {
                             continue;
                         }
-                        let w = (s - max).exp();
-                        sum += w;
+                        let mut w = (s - max).exp() / sum;
+                        if let Some(t) = storage {
+                            w = t.round(w as f32) as f64;
+                        }
                         for (a, &vv) in acc.iter_mut().zip(&vh[j * d..(j + 1) * d]) {
                             *a += w * vv;
                         }
                     }
                     lse[(b * p.q_heads + h) * p.q_len + i] = max + sum.ln();
                     for (x, a) in acc.iter().enumerate() {
-                        o[q.layout.offset(q.shape, b, h, i, x)] = a / sum;
+                        o[q.layout.offset(q.shape, b, h, i, x)] = *a;
                     }
                 }
             }

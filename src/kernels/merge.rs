@@ -4,6 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{dispatch_all, pipeline, Window};
 use crate::context::Context;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::shader::Params;
 
@@ -42,14 +43,16 @@ pub(crate) struct MergeBuffers<'a> {
     pub lse: (&'a wgpu::Buffer, Window),
 }
 
-/// Record the merge dispatches into `pass` (returns how many). The grid fields, `o_base` and `lse_base` are filled here.
+/// Record the merge dispatches into `pass` (returns how many), O stored as `o_dtype`. The grid
+/// fields, `o_base` and `lse_base` are filled here.
 pub(crate) fn encode(
     ctx: &Context,
     pass: &mut wgpu::ComputePass<'_>,
     mut params: MergeParams,
     buffers: &MergeBuffers<'_>,
+    o_dtype: DType,
 ) -> Result<usize> {
-    let pipeline = pipeline(ctx, "merge.wgsl", SOURCE, &Params::new())?;
+    let pipeline = pipeline(ctx, "merge.wgsl", SOURCE, &Params::from([("O_TYPE", o_dtype.shader_code())]))?;
     let elements = params.rows as u64 * params.head_dim as u64;
     params.o_base = buffers.o.1.base;
     params.lse_base = buffers.lse.1.base;

@@ -110,7 +110,8 @@ impl Window {
         let (start, end) = (start + t.offset as u64, end + t.offset as u64);
         let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
         let offset = t.dtype.bytes(start) / align * align;
-        let size = (t.dtype.bytes(end).min(t.buffer.size()) - offset).max(elem);
+        // whole words (a 16-bit view may end half way through one)
+        let size = (t.dtype.bytes(end).next_multiple_of(4).min(t.buffer.size()) - offset).max(elem.max(4));
         Self { offset, size, base: ((offset / elem) as u32).wrapping_sub(t.offset as u32) }
     }
 
@@ -135,7 +136,8 @@ pub(crate) fn whole_binding<'a>(ctx: &Context, t: &'a Tensor) -> Result<wgpu::Bi
              adapter's storage offset alignment ({align})"
         )));
     }
-    let size = t.dtype.bytes(t.extent().1 as u64 - t.offset as u64).max(t.dtype.size());
+    // whole words (a 16-bit view may end half way through one)
+    let size = t.dtype.bytes(t.extent().1 as u64 - t.offset as u64).next_multiple_of(4).clamp(4, t.buffer.size() - at);
     Ok(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer: &t.buffer,
         offset: at,
@@ -143,13 +145,36 @@ pub(crate) fn whole_binding<'a>(ctx: &Context, t: &'a Tensor) -> Result<wgpu::Bi
     }))
 }
 
-/// The checks every launch makes of a call's tensors: all on `ctx`, f32, O of Q's shape, LSE a
-/// contiguous `[B, Hq, Nq, 1]`.
-pub(crate) fn check_tensors(ctx: &Context, p: &crate::attention::Problem, inputs: [&Tensor; 3], o: &Tensor, lse: &Tensor) -> Result<()> {
-    for t in inputs.into_iter().chain([o, lse]) {
+/// The checks every launch makes of a call's tensors: all on `ctx`; Q, K and V of one dtype
+/// (16-bit ones only where `sixteen_bit`: `kernel` takes them), O of any dtype (f32 only
+/// without 16-bit support) and Q's shape, LSE a contiguous f32 `[B, Hq, Nq, 1]`.
+pub(crate) fn check_tensors(
+    ctx: &Context,
+    p: &crate::attention::Problem,
+    [q, k, v]: [&Tensor; 3],
+    o: &Tensor,
+    lse: &Tensor,
+    sixteen_bit: bool,
+    kernel: &str,
+) -> Result<()> {
+    for t in [q, k, v, o, lse] {
         t.check_context(ctx)?;
-        if t.dtype != DType::F32 {
-            return Err(Error::UnsupportedFeature { feature: "f16/bf16 tensors", hint: "use f32 tensors" });
+    }
+    if k.dtype != q.dtype || v.dtype != q.dtype {
+        return Err(Error::UnsupportedDType(format!(
+            "Q is {}, K {} and V {}: they must be of one dtype",
+            q.dtype, k.dtype, v.dtype
+        )));
+    }
+    if lse.dtype != DType::F32 {
+        return Err(Error::UnsupportedDType(format!("LSE is {}: it is always f32", lse.dtype)));
+    }
+    if !sixteen_bit {
+        if let Some(t) = [q, o].into_iter().find(|t| t.dtype != DType::F32) {
+            return Err(Error::UnsupportedDType(format!(
+                "{kernel} takes f32 tensors only (not yet {}): use the fused forward for 16-bit tensors",
+                t.dtype
+            )));
         }
     }
     if o.shape != p.q_shape() {

@@ -68,6 +68,14 @@ impl Tiles {
         Self { dc: dv.min(8), oc, pr: WORKGROUP * PV_ROWS_PER_INVOCATION / oc }
     }
 
+    /// The @params of Q, K, V of `qkv` and O of `o`.
+    fn params_for(&self, qkv: DType, o: DType) -> Params {
+        let mut p = self.params();
+        p.insert("QKV_TYPE", qkv.shader_code());
+        p.insert("O_TYPE", o.shader_code());
+        p
+    }
+
     fn params(&self) -> Params {
         Params::from([
             ("DC", self.dc),
@@ -82,7 +90,7 @@ impl Tiles {
 
 /// The WGSL specialised for head dim `head_dim` (validated by naga).
 pub fn specialised_source(head_dim: usize) -> Result<String> {
-    crate::shader::specialise("naive.wgsl", SOURCE, &Tiles::new(head_dim).params())
+    crate::shader::specialise("naive.wgsl", SOURCE, &Tiles::new(head_dim).params_for(DType::F32, DType::F32))
 }
 
 /// Mirrors `Params` in naive.wgsl.
@@ -270,7 +278,7 @@ fn encode_valid(
     (o, lse): (&Tensor, &Tensor),
 ) -> Result<CallInfo> {
     let p = *p;
-    check_tensors(ctx, &p, [q, k, v], o, lse)?;
+    check_tensors(ctx, &p, [q, k, v], o, lse, true, "the naive baseline")?;
     let (qb, kb, vb) = (whole_binding(ctx, q)?, whole_binding(ctx, k)?, whole_binding(ctx, v)?);
     let (ob, lb) = (whole_binding(ctx, o)?, whole_binding(ctx, lse)?);
 
@@ -298,10 +306,11 @@ fn encode_valid(
         ..Default::default()
     };
 
-    let spec = tiles.params();
+    let spec = tiles.params_for(q.dtype, o.dtype);
     let scores = entry_pipeline(ctx, "naive.wgsl", SOURCE, "scores", &spec)?;
-    // (the softmax does not depend on the head dim: one specialisation serves all)
-    let softmax = entry_pipeline(ctx, "naive.wgsl", SOURCE, "softmax", &Tiles::new(64).params())?;
+    // (the softmax depends on neither the head dim nor the dtypes: one specialisation serves all)
+    let softmax =
+        entry_pipeline(ctx, "naive.wgsl", SOURCE, "softmax", &Tiles::new(64).params_for(DType::F32, DType::F32))?;
     let pv = entry_pipeline(ctx, "naive.wgsl", SOURCE, "pv", &spec)?;
 
     let mut dispatches = 0;

@@ -66,8 +66,8 @@ pub(crate) fn encode(
     let pooled_len = pooled_q + p.batch * p.kv_heads * kbs * p.head_dim;
     let scores_len = p.batch * p.q_heads * qbs * kbs;
     for (what, bytes) in [
-        ("Q", DType::F32.bytes(q.extent().1 as u64 - q.offset as u64)),
-        ("K", DType::F32.bytes(k.extent().1 as u64 - k.offset as u64)),
+        ("Q", q.dtype.bytes(q.extent().1 as u64 - q.offset as u64)),
+        ("K", k.dtype.bytes(k.extent().1 as u64 - k.offset as u64)),
         ("pooled blocks", DType::F32.bytes(pooled_len as u64)),
         ("block scores", DType::F32.bytes(scores_len as u64)),
     ] {
@@ -91,7 +91,7 @@ pub(crate) fn encode(
     let pooled = scratch("top-k pooled blocks", pooled_len);
     let scores = scratch("top-k block scores", scores_len);
 
-    let params = Params::from([("K_MAX", TOPK_MAX as u32)]);
+    let params = Params::from([("K_MAX", TOPK_MAX as u32), ("QKV_TYPE", q.dtype.shader_code())]);
     let tp = TopKParams {
         batch: p.batch as u32,
         q_heads: p.q_heads as u32,

@@ -168,7 +168,7 @@ fn forward_fields() -> (usize, Vec<Field>) {
 
 #[test]
 fn forward_params_match_attention_common() {
-    let variant = Variant { vec4: true, softcap: true, alibi: true, bitmaps: true };
+    let variant = Variant { vec4: true, softcap: true, alibi: true, bitmaps: true, ..Variant::default() };
     let tiled = TileConfig::choose(64, &wgpu::Limits::default()).unwrap();
     let register = TileConfig::register(64, Some(8), None, false);
     for cfg in [tiled, register] {
@@ -233,7 +233,7 @@ fn merge_params_match_merge_wgsl() {
         lse_stride_b,
         lse_stride_h,
     });
-    check("MergeParams", &specialised("merge.wgsl", &Params::new()), fields);
+    check("MergeParams", &specialised("merge.wgsl", &Params::from([("O_TYPE", 0)])), fields);
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn topk_params_match_topk_wgsl() {
         q_stride,
         k_stride,
     });
-    let wgsl = specialised("topk.wgsl", &Params::from([("K_MAX", TOPK_MAX as u32)]));
+    let wgsl = specialised("topk.wgsl", &Params::from([("K_MAX", TOPK_MAX as u32), ("QKV_TYPE", 0)]));
     check("TopKParams", &wgsl, fields);
 }
 

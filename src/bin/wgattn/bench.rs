@@ -145,12 +145,12 @@ impl Dimset {
     fn dense_flops(&self) -> f64 {
         4.0 * (self.batch * self.q_heads) as f64 * (self.q_len * self.kv_len * self.head_dim) as f64
     }
-    /// Q, K, V read once, O and LSE written once, in f32.
-    fn min_bytes(&self) -> f64 {
+    /// Q, K, V read once, O written once, in `dtype`; LSE written once, in f32.
+    fn min_bytes(&self, dtype: DType) -> f64 {
         let q = (self.batch * self.q_heads * self.q_len * self.head_dim) as f64;
         let kv = (self.batch * self.kv_heads * self.kv_len * self.head_dim) as f64;
         let lse = (self.batch * self.q_heads * self.q_len) as f64;
-        DType::F32.bytes(1) as f64 * (2.0 * q + 2.0 * kv + lse)
+        dtype.bytes(1) as f64 * (2.0 * q + 2.0 * kv) + DType::F32.bytes(1) as f64 * lse
     }
     fn problem(&self) -> Problem {
         Problem {
@@ -177,6 +177,8 @@ struct Spec {
     mode: Mode,
     density: Option<f64>,
     backend: Backend,
+    /// Device storage of Q, K, V and O (the CPU backends compute in f32 whatever it is).
+    dtype: DType,
 }
 
 impl Spec {
@@ -184,9 +186,10 @@ impl Spec {
         let d = &self.dims;
         let dens = self.density.map(|x| format!("@{x}")).unwrap_or_default();
         format!(
-            "{} {}{dens} B{} H{}/{} {}x{} D{}",
+            "{} {}{dens} {} B{} H{}/{} {}x{} D{}",
             self.backend.name(),
             self.mode.name(),
+            self.dtype,
             d.batch,
             d.q_heads,
             d.kv_heads,
@@ -343,7 +346,7 @@ impl Row {
         Row {
             backend: spec.backend.name().into(),
             mode: spec.mode.name().into(),
-            dtype: "f32".into(),
+            dtype: spec.dtype.name().into(),
             batch: d.batch,
             q_heads: d.q_heads,
             kv_heads: d.kv_heads,
@@ -496,12 +499,20 @@ fn read_rows(path: &Path) -> Result<Vec<Row>, CliError> {
 /// The axes, defaults and checks: every bad value is a usage error (exit 2) before any work.
 fn resolve(args: &BenchArgs) -> Result<Sweep, CliError> {
     let usage = |m: String| Err(CliError::Usage(m));
+    let mut dtypes = Vec::new();
     for t in args.dtype.iter().flatten() {
-        if !matches!(t.trim().to_ascii_lowercase().as_str(), "f32" | "float32") {
-            return usage(format!(
-                "--dtype `{t}` is not supported: the kernels compute in f32 only (use --dtype f32)"
-            ));
+        let dtype = match t.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => DType::F32,
+            "f16" | "float16" | "half" => DType::F16,
+            "bf16" | "bfloat16" => DType::BF16,
+            _ => return usage(format!("--dtype `{t}` is not one of f32, f16, bf16")),
+        };
+        if !dtypes.contains(&dtype) {
+            dtypes.push(dtype);
         }
+    }
+    if dtypes.is_empty() {
+        dtypes.push(DType::F32);
     }
     let quick = args.quick;
     let backends =
@@ -570,9 +581,12 @@ fn resolve(args: &BenchArgs) -> Result<Sweep, CliError> {
                                 vec![None]
                             };
                             for density in dens {
-                                for &backend in &backends {
-                                    if seen.insert((dims, mode, density.map(f64::to_bits), backend)) {
-                                        specs.push(Spec { dims, mode, density, backend });
+                                for &dtype in &dtypes {
+                                    for &backend in &backends {
+                                        let key = (dims, mode, density.map(f64::to_bits), dtype, backend);
+                                        if seen.insert(key) {
+                                            specs.push(Spec { dims, mode, density, backend, dtype });
+                                        }
                                     }
                                 }
                             }
@@ -620,7 +634,7 @@ type PreparedKey = (Mode, Option<u64>);
 struct ShapeData {
     dims: Dimset,
     host: Vec<Qkv<HostTensor>>,
-    device: HashMap<Backend, Vec<Qkv<Tensor>>>,
+    device: HashMap<(Backend, DType), Vec<Qkv<Tensor>>>,
     prepared: Vec<(PreparedKey, Rc<Prepared>)>,
 }
 
@@ -743,7 +757,7 @@ impl Runner {
                 row.timer = Some(timer.into());
                 row.reps = samples.len();
                 row.gflops = Some(d.dense_flops() * row.density / (t * 1e6));
-                row.gbps = Some(d.min_bytes() / (t * 1e6));
+                row.gbps = Some(d.min_bytes(spec.dtype) / (t * 1e6));
                 row.peak_device_bytes = Some(peak);
                 row.kernel = if row.kernel.is_empty() { kernel } else { format!("{kernel} {}", row.kernel) };
                 row.device = device;
@@ -871,14 +885,19 @@ impl Runner {
         let ctx = gpu.ctx.as_ref().map_err(|e| Failure::NoAdapter(e.clone()))?;
         let (reps, budget) = (self.reps, self.budget);
         let data = self.shapes.iter_mut().find(|s| s.dims == spec.dims).expect("prepared before");
-        if !data.device.contains_key(&backend) {
+        let dt = spec.dtype;
+        if !data.device.contains_key(&(backend, dt)) {
             let mut sets = Vec::new();
             for (q, k, v) in &data.host {
-                sets.push((Tensor::upload(ctx, q)?, Tensor::upload(ctx, k)?, Tensor::upload(ctx, v)?));
+                sets.push((
+                    Tensor::upload_as(ctx, q, dt)?,
+                    Tensor::upload_as(ctx, k, dt)?,
+                    Tensor::upload_as(ctx, v, dt)?,
+                ));
             }
-            data.device.insert(backend, sets);
+            data.device.insert((backend, dt), sets);
         }
-        let sets = &data.device[&backend];
+        let sets = &data.device[&(backend, dt)];
         let attn = if backend == Backend::GpuFused { &prepared.lowered } else { &prepared.native };
         let call = |set: usize| -> Result<Output, Error> {
             let (q, k, v) = &sets[set % sets.len()];
@@ -937,9 +956,10 @@ impl From<Error> for Failure {
 fn fail(row: &mut Row, e: &Error) {
     row.note = match e {
         Error::LimitExceeded { limit, .. } => format!("does not fit ({limit})"),
-        Error::InvalidOption(_) | Error::UnsupportedFeature { .. } | Error::HeadDimUnsupported { .. } => {
-            "unsupported".into()
-        }
+        Error::InvalidOption(_)
+        | Error::UnsupportedFeature { .. }
+        | Error::HeadDimUnsupported { .. }
+        | Error::UnsupportedDType(_) => "unsupported".into(),
         _ => "error".into(),
     };
     row.detail = one_line(&e.to_string());
@@ -1132,6 +1152,7 @@ fn table(rows: &[Row]) -> String {
     let header = [
         "backend",
         "mode",
+        "dtype",
         "B",
         "Hq",
         "Hkv",
@@ -1160,6 +1181,7 @@ fn table(rows: &[Row]) -> String {
         cells.push(vec![
             r.backend.clone(),
             mode,
+            r.dtype.clone(),
             r.batch.to_string(),
             r.q_heads.to_string(),
             r.kv_heads.to_string(),
@@ -1184,7 +1206,7 @@ fn table(rows: &[Row]) -> String {
         .map(|c| cells.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
         .collect();
     // text columns left-aligned, numbers right-aligned
-    let left = |c: usize| matches!(c, 0 | 1 | 10 | 15 | 19);
+    let left = |c: usize| matches!(c, 0 | 1 | 2 | 11 | 16 | 20);
     let mut out = String::new();
     for (i, row) in cells.iter().enumerate() {
         let line: Vec<String> =

@@ -6,7 +6,8 @@
 //! padding with an empty batch (O = 0, LSE = −∞), ALiBi, soft-capping, the BSHD layout, forced
 //! key splits, and long key ranges that trip lavapipe's 65,535-loop-iteration limit when a kernel
 //! does not split them. A few cases with random sizes and options, drawn from the seed, follow the
-//! fixed ones. `--quick` runs a representative subset.
+//! fixed ones; then f16 and bf16 storage cases, by FlashAttention's 16-bit rule
+//! ([`HalfErrors::pass`]). `--quick` runs a representative subset.
 //!
 //! The pipelines the cases need are compiled first (one tiny call per head dim, mask class and
 //! kernel family: [`Context::warm_up_all`]), so the two times print apart; the context waits for
@@ -22,9 +23,9 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wgpu_attention::kernels::flash::{TileConfig, FAMILIES};
-use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, Case, Errors};
+use wgpu_attention::testing::{alibi_slopes, fresh_seed, run_case, run_case_16, Case, Errors, HalfErrors};
 use wgpu_attention::{
-    Attention, Causal, Context, ContextOptions, FirstCall, Layout, Mask, MaskClass, WarmUp,
+    Attention, Causal, Context, ContextOptions, DType, FirstCall, Layout, Mask, MaskClass, WarmUp,
 };
 
 use crate::{one_line, CheckArgs, CliError};
@@ -88,11 +89,81 @@ pub fn check(args: &CheckArgs) -> Result<bool, CliError> {
         started.elapsed().as_secs_f64(),
         ctx.cached_pipelines() - compiled
     );
+
+    // 16-bit storage: by FlashAttention's rule (HalfErrors::pass)
+    let has_f16 = ctx.adapter().features.contains(wgpu::Features::SHADER_F16);
+    println!(
+        "16-bit: f16 and bf16 run on every adapter (two elements a 32-bit word, core WGSL; this adapter {} SHADER_F16, which they do not need); none skipped",
+        if has_f16 { "has" } else { "lacks" }
+    );
+    let started = Instant::now();
+    let halves = half_cases(args.quick);
+    for (case, qkv, o) in &halves {
+        let name = format!("{case} {qkv}->{o}");
+        let t = Instant::now();
+        let result = run_case_16(&ctx, case, seed, *qkv, *o);
+        let secs = t.elapsed().as_secs_f64();
+        let (cols, ok, note) = match result {
+            Ok(e) => (columns(&e.kernel), e.pass(), format!("  (naive {:.2e})", e.naive.rel)),
+            Err(err) => (["-"; 3].map(String::from), false, format!("  {}", one_line(&err.to_string()))),
+        };
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        let [rel, max_abs, lse] = cols;
+        println!(
+            "{name:<width$}  {rel:>9}  {max_abs:>9}  {lse:>9}  {secs:>6.2}s  {}{note}",
+            if ok { "PASS" } else { "FAIL" }
+        );
+    }
+    println!(
+        "16-bit: {} cases in {:.1} s, tolerance: at most 2x the error of the same computation done naively in the storage precision (+{:e}), rel < 1e-2",
+        halves.len(),
+        started.elapsed().as_secs_f64(),
+        HalfErrors::FLOOR
+    );
     if failed > 0 {
         println!("reproduce with `wgattn check --seed {seed}`");
     }
     println!("check: {passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// The 16-bit cases: (case, dtype of Q, K and V, dtype of O). Odd sizes, GQA, key padding with an
+/// empty batch, split keys, a mask, BSHD; `quick` the first two.
+fn half_cases(quick: bool) -> Vec<(Case, DType, DType)> {
+    let cases = vec![
+        (
+            Case::new(130, 257, 64).heads(2, 4, 2).attn(Attention::new().causal(Causal::BottomRight)),
+            DType::F16,
+            DType::F16,
+        ),
+        (
+            Case::new(77, 150, 59).heads(2, 2, 1).attn(Attention::new().kv_lens(vec![0, 150])),
+            DType::BF16,
+            DType::BF16,
+        ),
+        (
+            Case::new(33, 3000, 111).heads(1, 2, 2).attn(Attention::new().num_splits(3)),
+            DType::F16,
+            DType::F32,
+        ),
+        (
+            Case::new(200, 200, 40)
+                .heads(1, 2, 1)
+                .layout(Layout::Bshd)
+                .attn(Attention::new().mask(Mask::window(30, 0))),
+            DType::BF16,
+            DType::BF16,
+        ),
+    ];
+    if quick {
+        cases.into_iter().take(2).collect()
+    } else {
+        cases
+    }
 }
 
 /// What the compile phase did.

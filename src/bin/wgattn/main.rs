@@ -90,6 +90,9 @@ pub struct WarmUpArgs {
         default_value = "dense,causal,table"
     )]
     pub mask: Vec<MaskClassArg>,
+    /// Element types of Q, K, V and O (each is a kernel of its own).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "T,...", default_value = "f32")]
+    pub dtype: Vec<DTypeArg>,
     /// Also the soft-capping variants.
     #[arg(long)]
     pub softcap: bool,
@@ -132,7 +135,7 @@ pub struct CheckArgs {
 /// Options of `wgattn run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Queries: [B, Hq, Nq, D] (bhsd) or [B, Nq, Hq, D] (bshd).
+    /// Queries, float32 or float16: [B, Hq, Nq, D] (bhsd) or [B, Nq, Hq, D] (bshd).
     #[arg(long, value_name = "Q.npy")]
     pub q: PathBuf,
     /// Keys: [B, Hkv, Nk, D] (bhsd) or [B, Nk, Hkv, D] (bshd); Hkv must divide Hq.
@@ -141,9 +144,13 @@ pub struct RunArgs {
     /// Values: same shape as K.
     #[arg(long, value_name = "V.npy")]
     pub v: PathBuf,
-    /// Output O, float32, same shape and layout as Q.
+    /// Output O, same shape and layout as Q: float16 with `--dtype f16`, float32 otherwise.
     #[arg(long, value_name = "O.npy")]
     pub out: PathBuf,
+    /// Device storage of Q, K, V and O (float32 or float16 inputs are converted on upload,
+    /// rounding to nearest); scores, softmax and accumulation are f32 whatever it is.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32, ignore_case = true)]
+    pub dtype: DTypeArg,
     /// Also write the log-sum-exp of each row, float32 [B, Hq, Nq] (-inf for a row with no key).
     #[arg(long, value_name = "LSE.npy")]
     pub lse: Option<PathBuf>,
@@ -251,7 +258,9 @@ pub struct BenchArgs {
     /// Block densities of block-sparse and topk, in (0, 1] [default: 0.1].
     #[arg(long, value_delimiter = ',', value_name = "F,...")]
     pub density: Option<Vec<f64>>,
-    /// Element types [default: f32, the only one the kernels have].
+    /// Device storage of Q, K, V and O: f32, f16, bf16 [default: f32]. Scores and accumulation
+    /// are f32 whatever it is; GB/s counts the smaller traffic of 16-bit storage. The CPU
+    /// backends compute in f32 on the same inputs.
     #[arg(long, value_delimiter = ',', value_name = "T,...")]
     pub dtype: Option<Vec<String>>,
     /// Window of the window mode: keys before the query's position.
@@ -299,6 +308,27 @@ impl From<LayoutArg> for Layout {
         match l {
             LayoutArg::Bhsd => Layout::Bhsd,
             LayoutArg::Bshd => Layout::Bshd,
+        }
+    }
+}
+
+/// `--dtype`: how tensors are stored on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16 (scores, softmax and accumulation stay f32).
+    F16,
+    /// bfloat16 (scores, softmax and accumulation stay f32).
+    Bf16,
+}
+
+impl From<DTypeArg> for wgpu_attention::DType {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::F32 => wgpu_attention::DType::F32,
+            DTypeArg::F16 => wgpu_attention::DType::F16,
+            DTypeArg::Bf16 => wgpu_attention::DType::BF16,
         }
     }
 }

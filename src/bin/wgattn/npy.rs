@@ -101,6 +101,37 @@ pub enum NpyError {
     },
 }
 
+/// Read a float32 or float16 array of rank `ndim` from `path`, as f32 (float16 widened exactly).
+pub fn read_float(path: &Path, ndim: usize) -> Result<Array<f32>, NpyError> {
+    let npy = open(path)?;
+    let dtype = npy.dtype();
+    if is_plain(&dtype, TypeChar::Float, 2) {
+        let a = read_data::<half::f16>(path, npy, ndim)?;
+        return Ok(Array { shape: a.shape, data: a.data.into_iter().map(f32::from).collect() });
+    }
+    if !is_plain(&dtype, TypeChar::Float, 4) {
+        return Err(dtype_error(path, &dtype, "float32 or float16", "a.astype(np.float32)"));
+    }
+    read_data(path, npy, ndim)
+}
+
+/// Write `data` (C order) as a little-endian float16 array of `shape` to `path` (each value
+/// rounded to nearest, ties to even).
+pub fn write_f16(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
+    debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+    let err = |source| NpyError::Write { path: path.into(), source };
+    let file = File::create(path).map_err(err)?;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut writer = npyz::WriteOptions::<half::f16>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(err)?;
+    writer.extend(data.iter().map(|&x| half::f16::from_f32(x))).map_err(err)?;
+    writer.finish().map_err(err)
+}
+
 /// Read a float32 array of rank `ndim` from `path`.
 pub fn read_f32(path: &Path, ndim: usize) -> Result<Array<f32>, NpyError> {
     let npy = open(path)?;
@@ -247,6 +278,19 @@ mod tests {
         // [[0, 1, 2], [3, 4, 5]] stored column-major.
         let f = [0.0, 3.0, 1.0, 4.0, 2.0, 5.0];
         assert_eq!(fortran_to_c(&f, &[2, 3]), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn float16_round_trip() {
+        let dir = std::env::temp_dir().join(format!("wgattn-npy16-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+        write_f16(&p, &[3, 4], &data).unwrap();
+        let a = read_float(&p, 2).unwrap();
+        assert_eq!((a.shape, a.data), (vec![3, 4], data));
+        assert!(read_f32(&p, 2).is_err(), "read_f32 takes float32 only");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! `wgattn run`: attention on `.npy` files.
 //!
-//! Q, K and V are 4-D float32 files in the `--layout` order (`[B, H, N, D]` for bhsd,
-//! `[B, N, H, D]` for bshd). O is written in Q's shape and layout, LSE as `[B, Hq, Nq]`. The
+//! Q, K and V are 4-D float32 or float16 files in the `--layout` order (`[B, H, N, D]` for bhsd,
+//! `[B, N, H, D]` for bshd), stored on the device as `--dtype` (converted on upload, rounding to
+//! nearest). O is written in Q's shape and layout (float16 with `--dtype f16`, float32
+//! otherwise), LSE as float32 `[B, Hq, Nq]`. With `--device cpu` the oracle computes on the inputs
+//! rounded to `--dtype`, so both devices answer the same question. The
 //! problem is validated before any adapter is opened, so bad input fails fast with the library's
 //! message, and `--device cpu` never touches the GPU. Masks (see [`crate::masks`]) are read once
 //! Q, K and V have been checked, since their shapes depend on the problem's sizes.
@@ -9,7 +12,7 @@
 use std::path::Path;
 
 use wgpu_attention::cpu::reference;
-use wgpu_attention::{Attention, Context, HostTensor, Layout, Shape};
+use wgpu_attention::{Attention, Context, DType, HostTensor, Layout, Shape};
 
 use crate::{masks, npy};
 use crate::{CliError, DeviceArg, RunArgs};
@@ -29,7 +32,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         DeviceArg::Gpu => {
             let ctx = Context::new()?;
             log::info!("running on {}", ctx.adapter().info.name);
-            let out = wgpu_attention::attention(&ctx, &q, &k, &v, &attn)?;
+            let out = wgpu_attention::attention_as(&ctx, &q, &k, &v, &attn, args.dtype.into())?;
             if ctx.background_compiles().pending > 0 {
                 // the context waits for it when dropped, after the outputs are written
                 eprintln!(
@@ -42,22 +45,27 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             if attn.launch.num_splits.is_some() {
                 log::warn!("--num-splits only affects the GPU path; ignored with --device cpu");
             }
-            let r = reference::attention(&q, &k, &v, &attn)?;
+            let dtype = DType::from(args.dtype);
+            let r = reference::attention(&q.rounded(dtype), &k.rounded(dtype), &v.rounded(dtype), &attn)?;
             let narrow = |x: Vec<f64>| x.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
             (narrow(r.o), narrow(r.lse), None)
         }
     };
 
-    npy::write_f32(&args.out, &q_dims, &o)?;
+    if DType::from(args.dtype) == DType::F16 {
+        npy::write_f16(&args.out, &q_dims, &o)?;
+    } else {
+        npy::write_f32(&args.out, &q_dims, &o)?;
+    }
     if let Some(path) = &args.lse {
         npy::write_f32(path, &[p.batch, p.q_heads, p.q_len], &lse)?;
     }
     Ok(())
 }
 
-/// A 4-D float32 file as a tensor in `layout`, with the file's own dimensions.
+/// A 4-D float32 or float16 file as a tensor in `layout`, with the file's own dimensions.
 fn load(path: &Path, layout: Layout) -> Result<(HostTensor, Vec<usize>), CliError> {
-    let a = npy::read_f32(path, 4)?;
+    let a = npy::read_float(path, 4)?;
     let d = &a.shape;
     let shape = match layout {
         Layout::Bhsd => Shape::new(d[0], d[1], d[2], d[3]),

@@ -21,7 +21,9 @@ pub fn warm_up(args: &WarmUpArgs) -> Result<(), CliError> {
             MaskClassArg::Table => MaskClass::Table,
         })
         .collect();
-    let plan = WarmUp::new(&args.head_dim).masks(&masks).softcap(args.softcap).alibi(args.alibi);
+    let dtypes: Vec<wgpu_attention::DType> = args.dtype.iter().map(|&d| d.into()).collect();
+    let plan =
+        WarmUp::new(&args.head_dim).dtypes(&dtypes).masks(&masks).softcap(args.softcap).alibi(args.alibi);
     let bar = crate::bench::progress_bar(0);
     let report = ctx.warm_up(&plan, |done, total| {
         bar.set_length(total as u64);

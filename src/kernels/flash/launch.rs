@@ -159,7 +159,7 @@ pub(crate) fn encode_valid(
     attn: &Attention,
 ) -> Result<CallInfo> {
     let Io { q, k, v, o, lse } = io;
-    check_tensors(ctx, p, [q, k, v], o, lse)?;
+    check_tensors(ctx, p, [q, k, v], o, lse, true, "the fused forward")?;
     if k.strides != v.strides {
         return Err(Error::ShapeMismatch(format!(
             "K has strides {:?} but V {:?}: they must agree",
@@ -167,8 +167,11 @@ pub(crate) fn encode_valid(
         )));
     }
     // views the kernels cannot access as vec4s run on packed copies (kernels::repack)
+    // (f32 only: 16-bit views that are not aligned take the scalar kernels)
     let vec4_ready = [q, k, v, o].into_iter().all(repack::vec4_ready);
     if !vec4_ready
+        && q.dtype == DType::F32
+        && o.dtype == DType::F32
         && ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16)
         && repack::fits(ctx, &[q, k, v, o])
     {
@@ -190,7 +193,7 @@ pub(crate) fn encode_valid(
         (None, Some(t)) => Some((t.max_list(), t.size)),
         (None, None) => None,
     };
-    let variant = Variant::for_call(ctx, p.head_dim, attn, table, vec4_ready);
+    let variant = Variant::for_call(ctx, p.head_dim, attn, table, vec4_ready, (q.dtype, o.dtype));
     let full = TileConfig::for_family(ctx, family, p.head_dim, table_shape.map(|(_, size)| size))?;
     let (first, mut background) =
         if attn.launch.full_kernel || attn.launch.kernel.is_some() || ctx.options().kernel.is_some() {
@@ -199,6 +202,11 @@ pub(crate) fn encode_valid(
             first_call_tiles(ctx, full, variant)
         };
     let plan = plan(ctx.limits(), first, p, attn.launch.num_splits, table_shape, q.strides, k.strides)?;
+    // with split keys the kernel writes f32 partial states; the merge stores O in its dtype
+    let variant = Variant { o: if plan.n_splits > 1 { DType::F32 } else { o.dtype }, ..variant };
+    if let Some((key, _)) = background.as_mut() {
+        key.params = full.params(variant);
+    }
     let g = p.group();
     let rows = Rows::new(p.q_shape(), g, plan.tiles.bq as usize, table_shape.is_none());
 
@@ -406,7 +414,7 @@ pub(crate) fn encode_valid(
                 };
                 let bufs =
                     MergeBuffers { part_o: po, part_lse: pl, o: (&o.buffer, ow), lse: (&lse.buffer, lw) };
-                dispatches += merge::encode(ctx, &mut pass, mp, &bufs)?;
+                dispatches += merge::encode(ctx, &mut pass, mp, &bufs, o.dtype)?;
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use crate::attention::Attention;
 use crate::context::Context;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::mask::BlockMask;
 use crate::shader::Params;
@@ -105,6 +106,10 @@ pub struct Variant {
     pub alibi: bool,
     /// A block table with partial blocks, whose bitmaps the kernel tests per element.
     pub bitmaps: bool,
+    /// The element type of Q, K and V.
+    pub qkv: DType,
+    /// The element type of O.
+    pub o: DType,
 }
 
 impl Variant {
@@ -116,8 +121,11 @@ impl Variant {
         attn: &Attention,
         table: Option<&BlockMask>,
         aligned: bool,
+        (qkv, o): (DType, DType),
     ) -> Self {
         Self {
+            qkv,
+            o,
             vec4: head_dim.is_multiple_of(4)
                 && aligned
                 && ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16),
@@ -127,12 +135,14 @@ impl Variant {
         }
     }
 
-    fn params(&self) -> [(&'static str, u32); 4] {
+    fn params(&self) -> [(&'static str, u32); 6] {
         [
             ("VEC4", self.vec4 as u32),
             ("SOFTCAP", self.softcap as u32),
             ("ALIBI", self.alibi as u32),
             ("BITS", self.bitmaps as u32),
+            ("QKV_TYPE", self.qkv.shader_code()),
+            ("O_TYPE", self.o.shader_code()),
         ]
     }
 }
@@ -259,7 +269,7 @@ impl TileConfig {
             Family::Tiled => {
                 // Q and K/V tiles of d_pad elements a row, S and P of bq × bk
                 let elements = (self.bq + self.bk) * self.d_pad + 2 * self.bq * self.bk;
-                crate::dtype::DType::F32.bytes(elements as u64) as u32
+                DType::F32.bytes(elements as u64) as u32
             }
             Family::Register { .. } => 0,
         }
