@@ -5,11 +5,13 @@
 //! are poisoned with NaN before every run.
 //!
 //! Pipelines are few on purpose (each (dtype, head-dim size, alignment) is a kernel of its own,
-//! seconds to compile on lavapipe): D 40 and 64 share the 64 kernel, D 59 takes the scalar one.
+//! seconds to compile on lavapipe): D 40, 59 and 64 share the 64 kernel (D 59 through packed,
+//! zero-padded copies: kernels::repack); `scalar_kernels_in_16_bit` runs the scalar kernels,
+//! whose O elements share words between rows.
 
 mod common;
 
-use common::{context_from, ctx};
+use common::{context_from, context_with, ctx};
 use wgpu_attention::kernels::flash::Family;
 use wgpu_attention::kernels::naive;
 use wgpu_attention::testing::{fresh_seed, run_case_16_with, run_inputs_16, Case, ForwardInto, HalfErrors};
@@ -49,8 +51,8 @@ fn report(case: &Case, qkv: DType, o: DType, seed: u64, e: &HalfErrors) {
     );
 }
 
-/// The options matrix of tests/families.rs at head dims 40 (vec4 kernel of size 64) and 59 (the
-/// scalar kernel: words shared between rows, O stored by atomic halves).
+/// The options matrix of tests/families.rs at head dims 40 (vec4 kernel of size 64) and 59
+/// (packed copies of 16-bit views, rows sharing words).
 fn matrix(ctx: &Context, qkv: DType, o: DType, family: Option<Family>) {
     let with = |attn: Attention| match family {
         Some(f) => attn.kernel(f),
@@ -116,6 +118,24 @@ fn register_forms_in_16_bit() {
             DType::F16,
             DType::F16,
         );
+    }
+}
+
+/// The scalar kernels (no packed copies: 64 KiB storage bindings are too small for them, so the
+/// call is also cut into key ranges and chunks): 16-bit elements read one at a time, O elements
+/// of rows that share a word stored by atomic and/or of their halves.
+#[test]
+fn scalar_kernels_in_16_bit() {
+    let small = context_with(|l| l.max_storage_buffer_binding_size = 64 << 10);
+    let cases = [
+        Case::new(37, 700, 59)
+            .heads(2, 2, 1)
+            .attn(Attention::new().causal(Causal::BottomRight).kv_lens(vec![700, 0])),
+        Case::new(300, 300, 59).heads(1, 4, 2).layout(Layout::Bshd),
+    ];
+    for case in &cases {
+        check_16(&small, case, DType::F16, DType::F16);
+        check_16(&small, case, DType::BF16, DType::F32);
     }
 }
 
@@ -245,7 +265,7 @@ fn forward_allocates_o_in_the_inputs_dtype() {
 }
 
 /// Views of 16-bit buffers at odd element offsets (a head of a head dim 59 tensor starts half way
-/// through a word) and of a KV cache's first positions: read through the scalar kernel.
+/// through a word) and of a KV cache's first positions: packed first.
 #[test]
 fn sixteen_bit_views_at_odd_offsets() {
     let c = ctx();

@@ -144,9 +144,14 @@ fn sixteen_bit_specialisations_validate() {
         }
     }
     let file = |name: &str| shader::FILES.iter().find(|(n, _)| *n == name).unwrap().1;
-    for (name, param) in [("merge.wgsl", "O_TYPE"), ("topk.wgsl", "QKV_TYPE"), ("naive.wgsl", "QKV_TYPE")] {
+    for (name, param) in [
+        ("merge.wgsl", "O_TYPE"),
+        ("topk.wgsl", "QKV_TYPE"),
+        ("naive.wgsl", "QKV_TYPE"),
+        ("repack.wgsl", "HALF"),
+    ] {
         let text = file(name);
-        for code in [1, 2] {
+        for code in if param == "HALF" { [1, 1] } else { [1, 2] } {
             let mut params = shader::defaults(&shader::resolve_includes(name, text).unwrap());
             params.insert(param, code);
             if name == "naive.wgsl" {

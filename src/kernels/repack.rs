@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{dispatch_all, entry_pipeline, Window};
 use crate::attention::{Layout, Shape};
 use crate::context::Context;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::shader::Params;
 use crate::tensor::Tensor;
@@ -60,9 +61,9 @@ pub(crate) fn packed_shape(shape: Shape) -> Shape {
     Shape { head_dim: shape.head_dim.div_ceil(4) * 4, ..shape }
 }
 
-/// A zeroed packed tensor for a view of `shape` (contiguous BHSD, head dim rounded up to 4).
-pub(crate) fn packed_zeros(ctx: &Context, shape: Shape) -> Result<Tensor> {
-    Tensor::zeros(ctx, packed_shape(shape), Layout::Bhsd)
+/// A zeroed packed tensor for a view `t` (its dtype, contiguous BHSD, head dim rounded up to 4).
+pub(crate) fn packed_zeros(ctx: &Context, t: &Tensor) -> Result<Tensor> {
+    Tensor::zeros_as(ctx, packed_shape(t.shape), Layout::Bhsd, t.dtype)
 }
 
 /// Record, into `pass`, the copy of `view` into the packed tensor `packed` (pack) or of
@@ -75,7 +76,15 @@ pub(crate) fn encode(
     unpack: bool,
 ) -> Result<usize> {
     let entry = if unpack { "unpack" } else { "pack" };
-    let pipeline = entry_pipeline(ctx, "repack.wgsl", SOURCE, entry, &Params::new())?;
+    // view and copy are of one dtype; 16-bit elements are copied as bits
+    let half = view.dtype != DType::F32;
+    if packed.dtype != view.dtype {
+        return Err(crate::Error::UnsupportedDType(format!(
+            "a {} view repacked into a {} copy",
+            view.dtype, packed.dtype
+        )));
+    }
+    let pipeline = entry_pipeline(ctx, "repack.wgsl", SOURCE, entry, &Params::from([("HALF", half as u32)]))?;
     let shape = view.shape;
     let (first, end) = view.extent();
     let window = Window::new(ctx, view, (0, (end - first) as u64));
@@ -90,7 +99,12 @@ pub(crate) fn encode(
         stride: [sb as u32, sh as u32, ss as u32, 0],
         ..Default::default()
     };
-    let elements = if unpack { shape.len() } else { packed.shape.len() } as u64;
+    // invocations: view elements (unpack), packed elements or, 16-bit, packed words (pack)
+    let elements = match (unpack, half) {
+        (true, _) => shape.len(),
+        (false, false) => packed.shape.len(),
+        (false, true) => packed.shape.len() / 2,
+    } as u64;
     let uniform =
         |grid_x, wg_offset| bytemuck::bytes_of(&RepackParams { grid_x, wg_offset, ..params }).to_vec();
     let view_binding = window.binding(&view.buffer);

@@ -278,7 +278,7 @@ fn repack_params_match_repack_wgsl() {
         view_base,
         stride,
     });
-    check("RepackParams", &specialised("repack.wgsl", &Params::new()), fields);
+    check("RepackParams", &specialised("repack.wgsl", &Params::from([("HALF", 0)])), fields);
 }
 
 /// The check itself fails, naming the field, where the two sides disagree.

@@ -102,7 +102,7 @@ fn encode_packed(
     attn: &Attention,
 ) -> Result<CallInfo> {
     let Io { q, k, v, o, lse } = io;
-    let [qp, kp, vp, op] = [q, k, v, o].map(|t| repack::packed_zeros(ctx, t.shape));
+    let [qp, kp, vp, op] = [q, k, v, o].map(|t| repack::packed_zeros(ctx, t));
     let (qp, kp, vp, op) = (qp?, kp?, vp?, op?);
     let mut dispatches = 0;
     {
@@ -167,11 +167,8 @@ pub(crate) fn encode_valid(
         )));
     }
     // views the kernels cannot access as vec4s run on packed copies (kernels::repack)
-    // (f32 only: 16-bit views that are not aligned take the scalar kernels)
     let vec4_ready = [q, k, v, o].into_iter().all(repack::vec4_ready);
     if !vec4_ready
-        && q.dtype == DType::F32
-        && o.dtype == DType::F32
         && ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16)
         && repack::fits(ctx, &[q, k, v, o])
     {
