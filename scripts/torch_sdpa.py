@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--kv-seq", type=int_list, default=None, help="key lengths, crossed with --seq")
     ap.add_argument("--head-dim", type=int_list, default=[64])
     ap.add_argument("--heads", type=int_list, default=[8])
+    ap.add_argument("--kv-heads", type=int_list, default=None, help="K/V heads (GQA, enable_gqa); default: --heads")
+    ap.add_argument("--q-len", type=int_list, default=[1], help="query lengths of the decode mode")
     ap.add_argument("--batch", type=int_list, default=[1])
     ap.add_argument("--mode", type=mode_list, default=["dense", "causal"], help="dense,causal,decode")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
@@ -83,19 +85,22 @@ def main():
     pairs = [(n, n) for n in args.seq] if args.kv_seq is None else [(n, m) for n in args.seq for m in args.kv_seq]
     for b in args.batch:
         for h in args.heads:
+          for hkv in args.kv_heads or [h]:
+            if h % hkv:
+                continue
             for d in args.head_dim:
                 for nq, nk in pairs:
                     for mode in args.mode:
-                        q_len = 1 if mode == "decode" else nq
-                        key = (b, h, d, q_len, nk, mode)
+                      for q_len in (args.q_len if mode == "decode" else [nq]):
+                        key = (b, h, hkv, d, q_len, nk, mode)
                         if key in seen:
                             continue
                         seen.add(key)
-                        rows.append(run(torch, F, b, h, d, q_len, nk, mode, args.reps, cpu))
+                        rows.append(run(torch, F, b, (h, hkv), d, q_len, nk, mode, args.reps, cpu))
                         r = rows[-1]
                         print(
-                            f"torch-cpu {mode:6} B{b} H{h} {q_len}x{nk} D{d}: {r['median_ms']:.3f} ms, "
-                            f"{r['gflops']:.2f} GFLOP/s",
+                            f"torch-cpu {mode:6} B{b} H{h}/{hkv} {q_len}x{nk} D{d}: {r['median_ms']:.3f} ms, "
+                            f"{r['gflops']:.2f} GFLOP/s, {r['gbps']:.2f} GB/s",
                             file=sys.stderr,
                         )
     text = json.dumps(rows, indent=2) + "\n"
@@ -106,9 +111,11 @@ def main():
             f.write(text)
 
 
-def run(torch, F, b, h, d, q_len, kv_len, mode, reps, device):
+def run(torch, F, b, heads, d, q_len, kv_len, mode, reps, device):
+    h, hkv = heads
     sets = [
-        tuple(torch.rand(b, h, n, d, dtype=torch.float32) * 2 - 1 for n in (q_len, kv_len, kv_len)) for _ in range(3)
+        tuple(torch.rand(b, hh, n, d, dtype=torch.float32) * 2 - 1 for hh, n in ((h, q_len), (hkv, kv_len), (hkv, kv_len)))
+        for _ in range(3)
     ]
     mask, is_causal, density = None, False, 1.0
     if mode == "causal":
@@ -120,11 +127,16 @@ def run(torch, F, b, h, d, q_len, kv_len, mode, reps, device):
             j = torch.arange(kv_len).unsqueeze(0)
             mask = j <= i + kv_len - q_len
     elif mode == "decode":
-        density = causal_density(1, kv_len)
+        density = causal_density(q_len, kv_len)
+        if q_len > 1:
+            i = torch.arange(q_len).unsqueeze(1)
+            j = torch.arange(kv_len).unsqueeze(0)
+            mask = j <= i + kv_len - q_len
 
     def call(s):
         q, k, v = sets[s % len(sets)]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        gqa = {"enable_gqa": True} if hkv != h else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa)
 
     times = []
     with torch.inference_mode():
@@ -135,14 +147,14 @@ def run(torch, F, b, h, d, q_len, kv_len, mode, reps, device):
             times.append((time.perf_counter() - t) * 1e3)
     ms = statistics.median(times)
     flops = 4.0 * b * h * q_len * kv_len * d * density
-    bytes_ = 4.0 * (2 * b * h * q_len * d + 2 * b * h * kv_len * d + b * h * q_len)
+    bytes_ = 4.0 * (2 * b * h * q_len * d + 2 * b * hkv * kv_len * d + b * h * q_len)
     return {
         "backend": "torch-cpu",
         "mode": mode,
         "dtype": "f32",
         "batch": b,
         "q_heads": h,
-        "kv_heads": h,
+        "kv_heads": hkv,
         "q_len": q_len,
         "kv_len": kv_len,
         "head_dim": d,

@@ -104,6 +104,17 @@ pub enum Causal {
     TopLeft,
 }
 
+/// The two kernels a call can run: the fused forward tiled for long queries, or the decode
+/// kernel for short queries against long caches ([`Launch::path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// The fused forward (FlashAttention-2 style tiles of queries and keys).
+    Prefill,
+    /// The decode kernel (FlashDecoding: many key ranges reduced in parallel and merged); takes
+    /// up to 16 queries and no mask but a window.
+    Decode,
+}
+
 /// One attention problem's options: `softmax(scale·Q·Kᵀ + mask/bias)·V`.
 ///
 /// Scores are formed in FlashAttention's order: `s = scale·q·k`; if a soft cap is set,
@@ -152,7 +163,11 @@ pub struct Attention {
 pub struct Launch {
     /// Split the key range into this many parts, computed by separate workgroups and merged by
     /// log-sum-exp (FlashAttention's `num_splits`). `None` chooses automatically. More splits
-    /// are used where one would exceed [`crate::kernels::flash::MAX_KEYS_PER_SPLIT`] keys.
+    /// are used where one would exceed [`crate::kernels::flash::MAX_KEYS_PER_SPLIT`] keys. For the
+    /// decode kernel ([`Path::Decode`]) it is the number of key ranges each reduced by one
+    /// invocation (more where one range would exceed
+    /// [`crate::MAX_KEYS_PER_PART`] keys or fewer where the partial states would
+    /// not fit one storage binding).
     pub num_splits: Option<u32>,
     /// Block edge used when lowering [`Attention::mask`] to a block table (32, 64 or 128;
     /// default 64).
@@ -160,6 +175,10 @@ pub struct Launch {
     /// Run this fused-forward family (else the context's [`kernel`](crate::ContextOptions::kernel),
     /// else the tuned or default choice).
     pub kernel: Option<crate::kernels::flash::Family>,
+    /// Run the decode kernel or the fused forward (prefill); `None` chooses: the decode kernel
+    /// for calls it takes (at most 16 queries, no mask but a window) when no fused-forward
+    /// family is asked for.
+    pub path: Option<Path>,
     /// Run the kernel a warm context runs even if it has to be compiled now (warm-ups), never
     /// the faster-compiling one of [`crate::FirstCall::Quick`].
     pub(crate) full_kernel: bool,
@@ -199,6 +218,12 @@ impl Attention {
     /// Launch hint: split the key range into `n` parts on the GPU (see [`Launch::num_splits`]).
     pub fn num_splits(mut self, n: u32) -> Self {
         self.launch.num_splits = Some(n);
+        self
+    }
+
+    /// Launch hint: run the decode kernel or the fused forward (see [`Launch::path`]).
+    pub fn path(mut self, path: Path) -> Self {
+        self.launch.path = Some(path);
         self
     }
 

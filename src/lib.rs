@@ -65,14 +65,15 @@ unstable_mod! {
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Problem, Shape, MAX_HEAD_DIM};
+pub use attention::{Attention, Causal, HostOutput, HostTensor, Layout, Path, Problem, Shape, MAX_HEAD_DIM};
 pub use background::BackgroundCompiles;
 pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions, FirstCall, Tuning};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use kernels::decode::{MAX_DECODE_QUERIES, MAX_KEYS_PER_PART};
 pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
-pub use record::{forward, forward_into, CallInfo, Output, Recorder, Submission};
+pub use record::{forward, forward_into, merge_states, CallInfo, Output, Recorder, Submission};
 pub use tensor::Tensor;
 pub use tune::MaskClass;
 pub use warm_up::{WarmUp, WarmUpReport};

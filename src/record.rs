@@ -26,17 +26,19 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::attention::{Attention, Layout, Problem, Shape};
+use crate::attention::{Attention, Layout, Path, Problem, Shape};
 use crate::context::{map_read, Context};
 use crate::error::Result;
 use crate::kernels::flash::{self, Io, TileConfig};
+use crate::kernels::{decode, merge};
 use crate::tensor::Tensor;
 
 /// What one recorded call ran.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CallInfo {
-    /// The kernel: a fused-forward family's [`crate::Family::name`], or `naive`.
+    /// The kernel: a fused-forward family's [`crate::Family::name`], `decode`, `merge_states`
+    /// or `naive`.
     pub kernel: &'static str,
     /// The fused forward's specialisation (family, tiles, padded head dim); `None` for others.
     pub tiles: Option<TileConfig>,
@@ -103,6 +105,34 @@ pub fn forward_into(
     lse: &Tensor,
 ) -> Result<CallInfo> {
     Ok(submit_one(ctx, |rec| rec.forward_into(q, k, v, attn, o, lse))?.1)
+}
+
+/// Merge two attention states computed over disjoint key sets into the state over their union
+/// (see [`Recorder::merge_states`]): fresh O (`a`'s shape and dtype, BHSD) and LSE. Submits
+/// without waiting, like [`forward`].
+///
+/// ```
+/// use wgpu_attention::{Attention, Context, HostTensor, Layout, Shape, Tensor};
+/// # fn main() -> Result<(), wgpu_attention::Error> {
+/// let ctx = Context::new()?;
+/// let (q_shape, kv_shape) = (Shape::new(1, 2, 1, 32), Shape::new(1, 2, 100, 32));
+/// let data = |n: usize| (0..n).map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5).collect::<Vec<_>>();
+/// let q = Tensor::upload(&ctx, &HostTensor::new(data(q_shape.len()), q_shape, Layout::Bhsd)?)?;
+/// let k = Tensor::upload(&ctx, &HostTensor::new(data(kv_shape.len()), kv_shape, Layout::Bhsd)?)?;
+/// // keys 0..60 and 60..100 computed apart, then merged: the same as one pass over all keys
+/// let (k1, k2) = (k.narrow(2, 0, 60)?, k.narrow(2, 60, 40)?);
+/// let a = wgpu_attention::forward(&ctx, &q, &k1, &k1, &Attention::new().scale(0.2))?;
+/// let b = wgpu_attention::forward(&ctx, &q, &k2, &k2, &Attention::new().scale(0.2))?;
+/// let merged = wgpu_attention::merge_states(&ctx, (&a.o, &a.lse), (&b.o, &b.lse))?;
+/// let whole = wgpu_attention::forward(&ctx, &q, &k, &k, &Attention::new().scale(0.2))?;
+/// let (m, w) = (merged.o.to_host(&ctx)?.data, whole.o.to_host(&ctx)?.data);
+/// assert!(m.iter().zip(&w).all(|(x, y)| (x - y).abs() < 1e-5));
+/// # Ok(()) }
+/// ```
+pub fn merge_states(ctx: &Context, a: (&Tensor, &Tensor), b: (&Tensor, &Tensor)) -> Result<Output> {
+    let (mut out, info) = submit_one(ctx, |rec| rec.merge_states(a, b))?;
+    out.info = info;
+    Ok(out)
 }
 
 /// One call recorded by `record` on a fresh recorder and submitted on its own, without waiting,
@@ -186,8 +216,58 @@ impl<'c> Recorder<'c> {
         self.fused(&p, Io { q, k, v, o, lse }, attn)
     }
 
-    /// Record the fused forward of the validated problem `p`, in the family the tuner chooses.
+    /// Record the merge of two attention states (O, LSE) computed over disjoint key sets of the
+    /// same queries into the state over their union, FlashInfer's `merge_state`:
+    /// `LSE = log(e^LSE₁ + e^LSE₂)`, `O = e^(LSE₁−LSE)·O₁ + e^(LSE₂−LSE)·O₂`. A row where one
+    /// side saw no key (LSE −∞) takes the other's state; both −∞ give O = 0, LSE −∞. O₁ and O₂:
+    /// one shape `[B, H, N, D]` and dtype, any layouts; LSEs contiguous f32 `[B, H, N, 1]`. The
+    /// building block of cascade attention (a shared prefix computed once for many sequences)
+    /// and of one sequence split across contexts or machines. Returns fresh O (BHSD, the inputs'
+    /// dtype) and LSE.
+    pub fn merge_states(&mut self, a: (&Tensor, &Tensor), b: (&Tensor, &Tensor)) -> Result<Output> {
+        let s = a.0.shape;
+        let o = Tensor::zeros_as(self.ctx, s, Layout::Bhsd, a.0.dtype)?;
+        let lse = Tensor::zeros(self.ctx, Shape::new(s.batch, s.heads, s.seq, 1), Layout::Bhsd)?;
+        let info = self.merge_states_into(a, b, (&o, &lse))?;
+        Ok(Output { o, lse, info })
+    }
+
+    /// [`Recorder::merge_states`] into existing O (the inputs' shape and dtype, any layout) and
+    /// LSE tensors.
+    pub fn merge_states_into(
+        &mut self,
+        a: (&Tensor, &Tensor),
+        b: (&Tensor, &Tensor),
+        out: (&Tensor, &Tensor),
+    ) -> Result<CallInfo> {
+        merge::check_states(self.ctx, [a, b, out])?;
+        self.record(|ctx, encoder, timing| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("merge states"),
+                timestamp_writes: timing,
+            });
+            let dispatches = merge::encode_states(ctx, &mut pass, [a, b, out])?;
+            Ok(CallInfo::new("merge_states", None, 1, dispatches))
+        })
+    }
+
+    /// Record the validated problem `p`: the decode kernel where [`Attention::path`] asks for it
+    /// or chooses it, else the fused forward in the family the tuner chooses.
     fn fused(&mut self, p: &Problem, io: Io<'_>, attn: &Attention) -> Result<CallInfo> {
+        let decode = match attn.launch.path {
+            Some(path) => path == Path::Decode,
+            None => {
+                decode::unsupported(p, attn).is_none()
+                    && attn.launch.kernel.is_none()
+                    && self.ctx.options().kernel.is_none()
+            }
+        };
+        if decode {
+            let kv = decode::KvPages::contiguous(io.k, io.v, attn);
+            return self.record(|ctx, encoder, timing| {
+                decode::encode(ctx, encoder, timing, p, io.q, &kv, attn, (io.o, io.lse))
+            });
+        }
         let family = crate::tune::family_for(self.ctx, p.head_dim, io.q.dtype, attn)?;
         self.record(|ctx, encoder, timing| flash::encode_valid(ctx, encoder, timing, p, family, io, attn))
     }

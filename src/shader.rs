@@ -33,10 +33,12 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// Every WGSL file of the crate, by name, for `// @include NAME` lines.
 pub const FILES: &[(&str, &str)] = &[
     ("attention_common.wgsl", include_str!("../shaders/attention_common.wgsl")),
+    ("decode.wgsl", include_str!("../shaders/decode.wgsl")),
     ("flash_forward.wgsl", include_str!("../shaders/flash_forward.wgsl")),
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
     ("half.wgsl", include_str!("../shaders/half.wgsl")),
     ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
+    ("merge_states.wgsl", include_str!("../shaders/merge_states.wgsl")),
     ("naive.wgsl", include_str!("../shaders/naive.wgsl")),
     ("repack.wgsl", include_str!("../shaders/repack.wgsl")),
     ("score_terms.wgsl", include_str!("../shaders/score_terms.wgsl")),

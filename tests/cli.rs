@@ -610,3 +610,118 @@ fn run_stores_tensors_in_16_bit() {
         }
     }
 }
+
+/// `wgattn run` with one query says it ran the decode kernel; `wgattn merge` of two runs over the
+/// two halves of the keys equals one run over all of them (GPU and CPU), in both layouts.
+#[test]
+fn run_decodes_and_merge_joins_two_key_ranges() {
+    for layout in [Layout::Bhsd, Layout::Bshd] {
+        let dir = TempDir::new(&format!("merge-{layout:?}"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x3e5 + layout as u64);
+        let (b, hq, hkv, nq, d) = (2, 4, 2, 1, 32);
+        let (nk1, nk2) = (70, 45);
+        let (q, q_dims) = random(&mut rng, Shape::new(b, hq, nq, d), layout);
+        let (k1, k1_dims) = random(&mut rng, Shape::new(b, hkv, nk1, d), layout);
+        let (v1, _) = random(&mut rng, Shape::new(b, hkv, nk1, d), layout);
+        let (k2, k2_dims) = random(&mut rng, Shape::new(b, hkv, nk2, d), layout);
+        let (v2, _) = random(&mut rng, Shape::new(b, hkv, nk2, d), layout);
+        let l = match layout {
+            Layout::Bhsd => "bhsd",
+            Layout::Bshd => "bshd",
+        };
+        write_npy(&dir.path("q.npy"), &q_dims, &q.data);
+        for (file, t, dims) in
+            [("k1", &k1, &k1_dims), ("v1", &v1, &k1_dims), ("k2", &k2, &k2_dims), ("v2", &v2, &k2_dims)]
+        {
+            write_npy(&dir.path(&format!("{file}.npy")), dims, &t.data);
+        }
+        let p = |f: &str| dir.path(f).to_str().unwrap().to_string();
+        for part in ["1", "2"] {
+            let args = strings(&[
+                "run",
+                "--layout",
+                l,
+                "--q",
+                &p("q.npy"),
+                "--k",
+                &p(&format!("k{part}.npy")),
+                "--v",
+                &p(&format!("v{part}.npy")),
+                "--out",
+                &p(&format!("o{part}.npy")),
+                "--lse",
+                &p(&format!("l{part}.npy")),
+            ]);
+            let out = wgattn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("ran decode"), "{}", text(&out.stderr));
+        }
+        // the oracle over all keys: K and V concatenated along the keys
+        let cat = |a: &HostTensor, b2: &HostTensor| {
+            let s = Shape::new(b, hkv, nk1 + nk2, d);
+            let mut data = vec![0.0; s.len()];
+            for bb in 0..b {
+                for h in 0..hkv {
+                    for j in 0..nk1 + nk2 {
+                        for dd in 0..d {
+                            let x = if j < nk1 { a.at(bb, h, j, dd) } else { b2.at(bb, h, j - nk1, dd) };
+                            data[layout.offset(s, bb, h, j, dd)] = x;
+                        }
+                    }
+                }
+            }
+            HostTensor::new(data, s, layout).unwrap()
+        };
+        let want = reference::attention(&q, &cat(&k1, &k2), &cat(&v1, &v2), &Attention::new()).unwrap();
+        for device in ["gpu", "cpu"] {
+            let args = strings(&[
+                "merge",
+                "--layout",
+                l,
+                "--o1",
+                &p("o1.npy"),
+                "--lse1",
+                &p("l1.npy"),
+                "--o2",
+                &p("o2.npy"),
+                "--lse2",
+                &p("l2.npy"),
+                "--out",
+                &p("o.npy"),
+                "--lse-out",
+                &p("l.npy"),
+                "--device",
+                device,
+            ]);
+            let out = wgattn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            let (o_shape, o) = read_npy(&dir.path("o.npy"));
+            assert_eq!(o_shape, q_dims.iter().map(|&x| x as u64).collect::<Vec<_>>());
+            let (rel, max_abs) = reference::compare(&o, &want.o);
+            let (_, lse) = read_npy(&dir.path("l.npy"));
+            let lse_err = reference::compare_lse(&lse, &want.lse);
+            assert!(
+                rel < 1e-5 && max_abs < 1e-4 && lse_err < 1e-4,
+                "{layout:?} {device}: rel {rel:e}, lse {lse_err:e}"
+            );
+        }
+        // mismatched states are a usage error (exit 2)
+        let args = strings(&[
+            "merge",
+            "--o1",
+            &p("o1.npy"),
+            "--lse1",
+            &p("l1.npy"),
+            "--o2",
+            &p("q.npy"),
+            "--lse2",
+            &p("k1.npy"),
+            "--out",
+            &p("o.npy"),
+            "--lse-out",
+            &p("l.npy"),
+        ]);
+        let out = wgattn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    }
+}

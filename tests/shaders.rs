@@ -146,6 +146,7 @@ fn sixteen_bit_specialisations_validate() {
     let file = |name: &str| shader::FILES.iter().find(|(n, _)| *n == name).unwrap().1;
     for (name, param) in [
         ("merge.wgsl", "O_TYPE"),
+        ("merge_states.wgsl", "O_TYPE"),
         ("topk.wgsl", "QKV_TYPE"),
         ("naive.wgsl", "QKV_TYPE"),
         ("repack.wgsl", "HALF"),
@@ -158,6 +159,25 @@ fn sixteen_bit_specialisations_validate() {
                 params.insert("O_TYPE", 3 - code);
             }
             shader::specialise(name, text, &params).unwrap_or_else(|e| panic!("{name} {param}={code}: {e}"));
+        }
+    }
+}
+
+/// Every decode specialisation the launch can choose validates: rows per invocation 1, 2, 4,
+/// compiled head dims 32..256, vec4 and scalar accesses, every optional term, every dtype.
+#[test]
+fn decode_specialisations_validate() {
+    use wgpu_attention::kernels::decode::DecodeVariant;
+    use wgpu_attention::DType;
+    for rows in [1, 2, 4] {
+        for d_pad in (32..=256).step_by(32) {
+            for qkv in [DType::F32, DType::F16, DType::BF16] {
+                for (vec4, softcap, alibi) in [(true, false, false), (false, true, true), (true, true, false)]
+                {
+                    let v = DecodeVariant { rows, d_pad, vec4, softcap, alibi, qkv };
+                    v.specialised_source().unwrap_or_else(|e| panic!("{v:?}: {e}"));
+                }
+            }
         }
     }
 }

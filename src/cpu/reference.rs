@@ -133,6 +133,48 @@ fn attention_with(
     Ok(Reference { o, lse })
 }
 
+/// Combine two attention states computed over disjoint key sets (O₁, LSE₁) and (O₂, LSE₂) in
+/// f64: `LSE = log(e^LSE₁ + e^LSE₂)`, `O = e^(LSE₁−LSE)·O₁ + e^(LSE₂−LSE)·O₂`. A side with
+/// LSE = −∞ contributes nothing (its O is not read); both −∞ give O = 0, LSE = −∞. O₁ and O₂
+/// must have one shape (any layouts); O comes in O₁'s layout, LSE `[B, H, N]`.
+pub fn merge_states(o1: &HostTensor, lse1: &[f32], o2: &HostTensor, lse2: &[f32]) -> Result<Reference> {
+    use crate::error::Error;
+    let s = o1.shape;
+    let rows = s.batch * s.heads * s.seq;
+    if o2.shape != s || lse1.len() != rows || lse2.len() != rows {
+        return Err(Error::ShapeMismatch(format!(
+            "merge_states: O₁ is {s}, O₂ {} with {} and {} LSE values: both O of one shape, one LSE per row ({rows})",
+            o2.shape,
+            lse1.len(),
+            lse2.len()
+        )));
+    }
+    let mut o = vec![0.0; s.len()];
+    let mut lse = vec![f64::NEG_INFINITY; rows];
+    for b in 0..s.batch {
+        for h in 0..s.heads {
+            for i in 0..s.seq {
+                let r = (b * s.heads + h) * s.seq + i;
+                let (l1, l2) = (lse1[r] as f64, lse2[r] as f64);
+                let m = l1.max(l2);
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let w = |l: f64| if l == f64::NEG_INFINITY { 0.0 } else { (l - m).exp() };
+                let (w1, w2) = (w(l1), w(l2));
+                lse[r] = m + (w1 + w2).ln();
+                for d in 0..s.head_dim {
+                    let at = |t: &HostTensor| t.at(b, h, i, d) as f64;
+                    let x1 = if w1 > 0.0 { w1 * at(o1) } else { 0.0 };
+                    let x2 = if w2 > 0.0 { w2 * at(o2) } else { 0.0 };
+                    o[o1.layout.offset(s, b, h, i, d)] = (x1 + x2) / (w1 + w2);
+                }
+            }
+        }
+    }
+    Ok(Reference { o, lse })
+}
+
 /// Relative error ‖a−b‖/‖b‖ and max abs error of `got` against `want`, ignoring nothing: a NaN in
 /// `got` makes both errors NaN (so a comparison `< tol` fails).
 pub fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {

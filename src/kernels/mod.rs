@@ -3,6 +3,7 @@
 //! holds what they share: pipelines from the context's cache, binding windows over tensors, and
 //! the dispatch loop under the per-dimension workgroup limit.
 
+pub mod decode;
 pub mod flash;
 pub(crate) mod merge;
 pub mod naive;

@@ -8,7 +8,8 @@
 use naga::{AddressSpace, Scalar, ScalarKind, TypeInner};
 
 use super::flash::{ForwardParams, TileConfig, Variant};
-use super::merge::MergeParams;
+use super::decode::{DecodeParams, DecodeVariant};
+use super::merge::{MergeParams, MergeStatesParams};
 use super::repack::RepackParams;
 use super::naive::{self, NaiveParams};
 use super::topk::TopKParams;
@@ -279,6 +280,28 @@ fn repack_params_match_repack_wgsl() {
         stride,
     });
     check("RepackParams", &specialised("repack.wgsl", &Params::from([("HALF", 0)])), fields);
+}
+
+#[test]
+fn decode_params_match_decode_wgsl() {
+    let variant = DecodeVariant { rows: 4, d_pad: 64, vec4: true, softcap: true, alibi: true, qkv: crate::DType::F32 };
+    let fields = rust_fields!(DecodeParams {
+        q_len, head_dim, group, rows_per_group, batch0, batches, kv_head0, kv_heads, row_chunks,
+        part_groups, keys_per_part, part0, parts, n_parts, part_batch0, part_kv_heads, grid_x,
+        wg_offset, page_size, table_stride, table_offset, page_lo, page_hi, resume, key_lo, key_hi,
+        causal, window_left, window_right, alibi_offset, scale, softcap, q_base, k_base, v_base,
+        _pad, q_stride, k_stride, v_stride,
+    });
+    check("DecodeParams", &variant.specialised_source().unwrap(), fields);
+}
+
+#[test]
+fn merge_states_params_match_merge_states_wgsl() {
+    let fields = rust_fields!(MergeStatesParams {
+        rows, head_dim, heads, seq, batch0, grid_x, wg_offset, o1_base, o2_base, o_base, lse1_base,
+        lse2_base, lse_base, _pad, o1_stride, o2_stride, o_stride,
+    });
+    check("MergeStatesParams", &specialised("merge_states.wgsl", &Params::from([("O_TYPE", 1)])), fields);
 }
 
 /// The check itself fails, naming the field, where the two sides disagree.

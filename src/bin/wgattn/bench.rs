@@ -36,9 +36,11 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use wgpu_attention::cpu::{flash as cpu_flash, reference};
+use wgpu_attention::kernels::decode::MAX_DECODE_QUERIES;
 use wgpu_attention::kernels::naive;
 use wgpu_attention::mask::{Dims, TOPK_MAX};
 use wgpu_attention::testing::Case;
+use wgpu_attention::Path as KernelPath;
 use wgpu_attention::{
     Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, DType, Error, FirstCall, HostTensor,
     Mask, Output, Problem, Tensor, Tuning, MAX_HEAD_DIM,
@@ -78,6 +80,8 @@ const THREE_SETS_BYTES: usize = 128 << 20;
 pub enum Backend {
     /// The fused WGSL kernel (`wgpu_attention::forward`).
     GpuFused,
+    /// The decode kernel (`Path::Decode`: FlashDecoding key ranges merged by LSE; Nq ≤ 16)
+    GpuDecode,
     /// The naive three-pass GPU baseline (materialises the Nq×Nk scores).
     GpuNaive,
     /// The multithreaded f32 CPU path.
@@ -90,6 +94,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::GpuFused => "gpu-fused",
+            Backend::GpuDecode => "gpu-decode",
             Backend::GpuNaive => "gpu-naive",
             Backend::CpuFast => "cpu-fast",
             Backend::CpuReference => "cpu-reference",
@@ -110,7 +115,7 @@ pub enum Mode {
     BlockSparse,
     /// Dynamic top-k of ceil(density·blocks) 64-blocks per query block.
     Topk,
-    /// One query against Nk keys (bottom-right causal).
+    /// --q-len queries (default 1) against Nk keys (bottom-right causal).
     Decode,
 }
 
@@ -562,6 +567,10 @@ fn resolve(args: &BenchArgs) -> Result<Sweep, CliError> {
     };
     let mut specs = Vec::new();
     let mut seen = HashSet::new();
+    let decode_q_lens = args.q_len.clone().unwrap_or_else(|| vec![1]);
+    if let Some(&n) = decode_q_lens.iter().find(|&&n| n == 0) {
+        return Err(CliError::Usage(format!("--q-len {n}: query lengths must be at least 1")));
+    }
     let mut skipped_heads = Vec::new();
     for &batch in &batches {
         for &q_heads in &heads {
@@ -573,19 +582,22 @@ fn resolve(args: &BenchArgs) -> Result<Sweep, CliError> {
                 for &head_dim in &head_dims {
                     for &(q_len, kv_len) in &seq_pairs {
                         for &mode in &modes {
-                            let q_len = if mode == Mode::Decode { 1 } else { q_len };
-                            let dims = Dimset { batch, q_heads, kv_heads, q_len, kv_len, head_dim };
-                            let dens: Vec<Option<f64>> = if mode.uses_density() {
-                                densities.iter().map(|&x| Some(x)).collect()
-                            } else {
-                                vec![None]
-                            };
-                            for density in dens {
-                                for &dtype in &dtypes {
-                                    for &backend in &backends {
-                                        let key = (dims, mode, density.map(f64::to_bits), dtype, backend);
-                                        if seen.insert(key) {
-                                            specs.push(Spec { dims, mode, density, backend, dtype });
+                            let q_lens =
+                                if mode == Mode::Decode { decode_q_lens.clone() } else { vec![q_len] };
+                            for q_len in q_lens {
+                                let dims = Dimset { batch, q_heads, kv_heads, q_len, kv_len, head_dim };
+                                let dens: Vec<Option<f64>> = if mode.uses_density() {
+                                    densities.iter().map(|&x| Some(x)).collect()
+                                } else {
+                                    vec![None]
+                                };
+                                for density in dens {
+                                    for &dtype in &dtypes {
+                                        for &backend in &backends {
+                                            let key = (dims, mode, density.map(f64::to_bits), dtype, backend);
+                                            if seen.insert(key) {
+                                                specs.push(Spec { dims, mode, density, backend, dtype });
+                                            }
                                         }
                                     }
                                 }
@@ -742,7 +754,12 @@ impl Runner {
             Backend::GpuNaive if self.naive_misfit(spec, &mut row) => return row,
             _ if self.too_slow(spec, row.density, &mut row) => return row,
             Backend::CpuFast | Backend::CpuReference => self.measure_cpu(spec, &prepared),
-            Backend::GpuFused | Backend::GpuNaive => self.measure_gpu(spec, &prepared),
+            Backend::GpuDecode if spec.dims.q_len > MAX_DECODE_QUERIES => {
+                row.note = "skipped".into();
+                row.detail = format!("the decode kernel takes up to {MAX_DECODE_QUERIES} queries");
+                return row;
+            }
+            Backend::GpuFused | Backend::GpuDecode | Backend::GpuNaive => self.measure_gpu(spec, &prepared),
         };
         match result {
             Ok((samples, peak, kernel, device)) => {
@@ -898,11 +915,16 @@ impl Runner {
             data.device.insert((backend, dt), sets);
         }
         let sets = &data.device[&(backend, dt)];
-        let attn = if backend == Backend::GpuFused { &prepared.lowered } else { &prepared.native };
+        let attn = &match backend {
+            // the fused forward forced, whatever the query length
+            Backend::GpuFused => prepared.lowered.clone().path(KernelPath::Prefill),
+            Backend::GpuDecode => prepared.native.clone().path(KernelPath::Decode),
+            _ => prepared.native.clone(),
+        };
         let call = |set: usize| -> Result<Output, Error> {
             let (q, k, v) = &sets[set % sets.len()];
             let out = match backend {
-                Backend::GpuFused => wgpu_attention::forward(ctx, q, k, v, attn),
+                Backend::GpuFused | Backend::GpuDecode => wgpu_attention::forward(ctx, q, k, v, attn),
                 _ => naive::forward(ctx, q, k, v, attn),
             }?;
             ctx.wait_idle()?; // a call returns once submitted: time it to the end
@@ -931,6 +953,7 @@ impl Runner {
         let peak = q.device_bytes() + k.device_bytes() + v.device_bytes() + allocated;
         let kernel = match backend {
             Backend::GpuFused => fused_name(info.get(), attn),
+            Backend::GpuDecode => format!("decode parts{}", info.get().map_or(0, |i| i.n_splits)),
             _ => "naive-3pass".to_string(),
         };
         let info = &ctx.adapter().info;

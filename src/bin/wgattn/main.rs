@@ -17,6 +17,7 @@ mod bench;
 mod check;
 mod info;
 mod masks;
+mod merge;
 mod npy;
 mod plot;
 mod run;
@@ -64,6 +65,9 @@ enum Command {
                             them allows it."
     )]
     Run(Box<RunArgs>),
+    /// Merge two attention states computed over disjoint key sets (O and LSE files of `wgattn
+    /// run`) into the state over their union, by log-sum-exp.
+    Merge(MergeArgs),
     /// Time the backends over shapes and masks: table on stdout, optional JSON, CSV and SVG plot.
     #[command(after_help = bench::AFTER_HELP)]
     Bench(Box<BenchArgs>),
@@ -73,6 +77,35 @@ enum Command {
     /// Compile ahead of time the kernels that calls with these head dims and mask classes will
     /// need (a slow start instead of a slow first call).
     WarmUp(WarmUpArgs),
+}
+
+/// Options of `wgattn merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// O of the first state, float32 or float16: [B, H, N, D] (bhsd) or [B, N, H, D] (bshd).
+    #[arg(long, value_name = "O1.npy")]
+    pub o1: PathBuf,
+    /// LSE of the first state, float32 [B, H, N] (natural log; -inf: the row saw no key).
+    #[arg(long, value_name = "L1.npy")]
+    pub lse1: PathBuf,
+    /// O of the second state, the shape of --o1.
+    #[arg(long, value_name = "O2.npy")]
+    pub o2: PathBuf,
+    /// LSE of the second state.
+    #[arg(long, value_name = "L2.npy")]
+    pub lse2: PathBuf,
+    /// The merged O, in the inputs' shape and layout (float16 when both are float16).
+    #[arg(long, value_name = "O.npy")]
+    pub out: PathBuf,
+    /// The merged LSE, float32 [B, H, N].
+    #[arg(long, value_name = "L.npy")]
+    pub lse_out: PathBuf,
+    /// Axis order of the O files.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Bhsd)]
+    pub layout: LayoutArg,
+    /// Where to merge: the GPU, or the f64 CPU oracle.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    pub device: DeviceArg,
 }
 
 /// Options of `wgattn warm-up`.
@@ -234,7 +267,7 @@ pub struct BenchArgs {
     pub backend: Option<Vec<bench::Backend>>,
     /// Masks [default: dense,causal]. window: causal sliding window of --window keys; block-sparse:
     /// random 64-blocks at --density (diagonal kept); topk: the ceil(density·blocks) best 64-blocks
-    /// per query block; decode: one query against Nk keys (causal).
+    /// per query block; decode: --q-len queries (default 1) against Nk keys (causal).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "M,...")]
     pub mode: Option<Vec<bench::Mode>>,
     /// Query (and, without --kv-seq, key) lengths [default: 512,1024,2048; --quick: 256,512].
@@ -243,6 +276,9 @@ pub struct BenchArgs {
     /// Key lengths, crossed with --seq [default: equal to --seq]; decode's cache length.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub kv_seq: Option<Vec<usize>>,
+    /// Query lengths of the decode mode (speculative decoding: a few queries) [default: 1].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub q_len: Option<Vec<usize>>,
     /// Head dims [default: 64].
     #[arg(long, value_delimiter = ',', value_name = "D,...")]
     pub head_dim: Option<Vec<usize>>,
@@ -401,6 +437,7 @@ fn main() -> ExitCode {
                 .map(|all_passed| if all_passed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
         }
         Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Merge(args) => merge::merge(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Tune(args) => tune::tune(args).map(|()| ExitCode::SUCCESS),
         Command::WarmUp(args) => warm_up::warm_up(args).map(|()| ExitCode::SUCCESS),

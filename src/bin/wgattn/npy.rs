@@ -115,6 +115,11 @@ pub fn read_float(path: &Path, ndim: usize) -> Result<Array<f32>, NpyError> {
     read_data(path, npy, ndim)
 }
 
+/// Whether the array in `path` is float16 (else float32 or another dtype).
+pub fn is_f16(path: &Path) -> Result<bool, NpyError> {
+    Ok(is_plain(&open(path)?.dtype(), TypeChar::Float, 2))
+}
+
 /// Write `data` (C order) as a little-endian float16 array of `shape` to `path` (each value
 /// rounded to nearest, ties to even).
 pub fn write_f16(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {

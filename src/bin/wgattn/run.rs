@@ -33,6 +33,9 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             let ctx = Context::new()?;
             log::info!("running on {}", ctx.adapter().info.name);
             let out = wgpu_attention::attention_as(&ctx, &q, &k, &v, &attn, args.dtype.into())?;
+            if let Some(info) = out.info {
+                eprintln!("wgattn: ran {} ({} key parts merged)", kernel_name(&info), info.n_splits);
+            }
             if ctx.background_compiles().pending > 0 {
                 // the context waits for it when dropped, after the outputs are written
                 eprintln!(
@@ -61,6 +64,14 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         npy::write_f32(path, &[p.batch, p.q_heads, p.q_len], &lse)?;
     }
     Ok(())
+}
+
+/// "decode", or the fused forward's family and tiles ("fused-register 64x16").
+fn kernel_name(info: &wgpu_attention::CallInfo) -> String {
+    match info.tiles {
+        Some(t) => format!("fused-{} {}x{}", t.family.name(), t.bq, t.bk),
+        None => info.kernel.to_string(),
+    }
 }
 
 /// A 4-D float32 or float16 file as a tensor in `layout`, with the file's own dimensions.

@@ -1,0 +1,370 @@
+// decode.wgsl: attention for short queries (Nq ≤ 16) against a long K/V cache, FlashDecoding
+// style: the cache is cut into many key ranges ("parts"), each reduced by one invocation to a
+// partial state (O, LSE) of its rows; merge.wgsl combines the parts exactly by log-sum-exp.
+//
+// Tensor layout (Q, K, V of QKV_TYPE: f32, f16 or bf16 (half.wgsl); partials f32; element strides
+// in `params`, the head-dim stride always 1):
+//   Q        [B, Hq, Nq, D] by q_stride (batch, head, query)
+//   K, V     pages [pages, Hkv, P, D] by k_stride / v_stride (page, kv head, token in page): key j
+//            of sequence b is token j mod P of page table[b·table_stride + j / P]. A contiguous
+//            cache [B, Hkv, Nk, D] is the case of one page per sequence (P = Nk, table[b] = b).
+//   aux     u32 [key lengths (B) | ALiBi slopes as f32 bits (Hq) | page table]
+//   part_o   [rows, n_parts, D], part_lse [rows, n_parts] (natural log; −∞: the part saw no key),
+//            rows (batch − part_batch0, kv head, packed row p = (h − kv_head·G)·Nq + i): the
+//            layout merge.wgsl reads.
+// Rows: the G·Nq query rows of one (batch, kv head) share its K/V (GQA packed), RB of them per
+// invocation, so each K/V row is read once per RB rows.
+// Tiling: no workgroup memory, no barriers. Invocation = (batch, kv head, row chunk, part); a
+// part is keys [part·L, part·L + L) of its sequence, streamed in blocks of KB keys with an
+// online softmax (exp2 domain); Q, the O accumulators, m and l live in private arrays indexed by
+// constants only (`@unroll` loops, unrolled by src/shader.rs). Workgroup size WG (64) along
+// parts. Loops: only the key-block loop runs a run-time count (≤ L / KB, bounded by the host:
+// lavapipe stops a loop after 65,535 iterations).
+// A dispatch covers parts part0 .. part0 + parts of batches batch0 .. and kv heads kv_head0 ..,
+// sees only keys in [key_lo, key_hi) (the bound window of a cache too large for one binding) and
+// only pages in [page_lo, page_hi) (the bound slab of a page pool); with `resume` a part starts
+// from the state an earlier dispatch stored (a pool in several slabs).
+
+const RB: u32 = 4u; // @param query rows per invocation
+const DV: u32 = 32u; // @param compiled head dim / 4 (a multiple of 8, ≥ the call's)
+const WG: u32 = 64u; // @param invocations per workgroup
+const VEC4: u32 = 1u; // @param 1: Q, K, V bound as vec4s (head dim, strides, bases multiples of 4)
+const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
+const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
+const QKV_TYPE: u32 = 0u; // @param element type of Q, K and V: 0 f32, 1 f16, 2 bf16 (half.wgsl)
+
+const KB: u32 = 4u; // @param keys per block (page sizes are multiples of it)
+const LOG2E: f32 = 1.4426950408889634;
+const LN2: f32 = 0.6931471805599453;
+const MASKED: f32 = -1.0e30;
+const MASKED_CUT: f32 = -1.0e29;
+const NONE: u32 = 0xffffffffu;
+
+// soft_cap, alibi_bias, causal_offset, key_visible
+// @include score_terms.wgsl
+
+struct Params {
+    q_len: u32,
+    head_dim: u32,
+    group: u32,            // query heads per kv head
+    rows_per_group: u32,   // G·Nq
+    batch0: u32,           // chunk: batches batch0 .. + batches, kv heads kv_head0 .. + kv_heads
+    batches: u32,
+    kv_head0: u32,
+    kv_heads: u32,
+    row_chunks: u32,       // ceil(G·Nq / RB)
+    part_groups: u32,      // ceil(parts / WG)
+    keys_per_part: u32,    // L, a multiple of KB
+    part0: u32,            // first part of this dispatch
+    parts: u32,            // parts of this dispatch per (batch, kv head, row chunk)
+    n_parts: u32,          // parts in all (the partials' stride)
+    part_batch0: u32,      // first batch the partial buffers hold
+    part_kv_heads: u32,    // kv heads the partial buffers hold per batch
+    grid_x: u32,
+    wg_offset: u32,        // linear id of this dispatch's first workgroup
+    page_size: u32,        // P
+    table_stride: u32,     // page-table entries per sequence
+    table_offset: u32,     // aux index of the page table
+    page_lo: u32,          // pages bound by this dispatch: page_lo .. page_hi
+    page_hi: u32,
+    resume: u32,           // 1: continue from the stored partial state
+    key_lo: u32,           // keys bound by this dispatch: key_lo .. key_hi
+    key_hi: u32,
+    causal: u32,           // 0 none, 1 top-left, 2 bottom-right
+    window_left: u32,      // NONE: unbounded
+    window_right: u32,
+    alibi_offset: u32,     // aux index of slope 0
+    scale: f32,
+    softcap: f32,
+    q_base: u32,           // element offset of each bound window, subtracted from indices
+    k_base: u32,
+    v_base: u32,
+    _pad: u32,
+    // (36 scalars above: the strides start 16-byte aligned)
+    q_stride: vec4<u32>,   // (batch, head, query, -)
+    k_stride: vec4<u32>,   // (page, kv head, token, -)
+    v_stride: vec4<u32>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// @if QKV_TYPE == 0
+// @if VEC4
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+// @else
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+// @endif
+// @else
+// @if VEC4
+@group(0) @binding(1) var<storage, read> q: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec2<u32>>;
+// @else
+@group(0) @binding(1) var<storage, read> q: array<u32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
+// @endif
+// @endif
+@group(0) @binding(4) var<storage, read> aux: array<u32>;
+@group(0) @binding(5) var<storage, read_write> part_o: array<f32>;
+@group(0) @binding(6) var<storage, read_write> part_lse: array<f32>;
+
+// widen4, widen_at
+// @include half.wgsl
+
+// Elements e .. e+3 of Q, K, V from element index `e` of a row (zero past the head dim: those
+// columns only meet zero query columns or O columns never stored). With VEC4 one access.
+// @if VEC4
+fn q4(e: u32, d0: u32) -> vec4<f32> {
+// @if QKV_TYPE == 0
+    let x = q[(e + d0) / 4u];
+// @else
+    let x = widen4(q[(e + d0) / 4u], QKV_TYPE);
+// @endif
+    return select(vec4<f32>(0.0), x, d0 < params.head_dim);
+}
+fn k4(e: u32, d0: u32) -> vec4<f32> {
+// @if QKV_TYPE == 0
+    let x = k[(e + d0) / 4u];
+// @else
+    let x = widen4(k[(e + d0) / 4u], QKV_TYPE);
+// @endif
+    return select(vec4<f32>(0.0), x, d0 < params.head_dim);
+}
+fn v4(e: u32, d0: u32) -> vec4<f32> {
+// @if QKV_TYPE == 0
+    let x = v[(e + d0) / 4u];
+// @else
+    let x = widen4(v[(e + d0) / 4u], QKV_TYPE);
+// @endif
+    return select(vec4<f32>(0.0), x, d0 < params.head_dim);
+}
+// @else
+fn q_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return q[e];
+// @else
+    return widen_at(q[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+fn k_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return k[e];
+// @else
+    return widen_at(k[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+fn v_at(e: u32) -> f32 {
+// @if QKV_TYPE == 0
+    return v[e];
+// @else
+    return widen_at(v[e >> 1u], e, QKV_TYPE);
+// @endif
+}
+fn in_dim(d0: u32) -> vec4<bool> {
+    return vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim);
+}
+fn q4(e: u32, d0: u32) -> vec4<f32> {
+    let x = vec4<f32>(q_at(e + d0), q_at(e + d0 + 1u), q_at(e + d0 + 2u), q_at(e + d0 + 3u));
+    return select(vec4<f32>(0.0), x, in_dim(d0));
+}
+fn k4(e: u32, d0: u32) -> vec4<f32> {
+    let x = vec4<f32>(k_at(e + d0), k_at(e + d0 + 1u), k_at(e + d0 + 2u), k_at(e + d0 + 3u));
+    return select(vec4<f32>(0.0), x, in_dim(d0));
+}
+fn v4(e: u32, d0: u32) -> vec4<f32> {
+    let x = vec4<f32>(v_at(e + d0), v_at(e + d0 + 1u), v_at(e + d0 + 2u), v_at(e + d0 + 3u));
+    return select(vec4<f32>(0.0), x, in_dim(d0));
+}
+// @endif
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    // linear workgroup id -> (batch, kv head, row chunk, group of WG parts), parts fastest
+    let wid = params.wg_offset + wg_id.x + wg_id.y * params.grid_x;
+    let pg = wid % params.part_groups;
+    let rest = wid / params.part_groups;
+    let rc = rest % params.row_chunks;
+    let pair = rest / params.row_chunks;
+    if (pair >= params.batches * params.kv_heads) {
+        return;   // past the grid's last workgroup
+    }
+    let b = params.batch0 + pair / params.kv_heads;
+    let kvh = params.kv_head0 + pair % params.kv_heads;
+    let local_part = pg * WG + tid;
+    if (local_part >= params.parts) {
+        return;
+    }
+    let part = params.part0 + local_part;
+
+    let len_b = aux[b];
+    let k_start = max(part * params.keys_per_part, params.key_lo);
+    let k_end = min(min(part * params.keys_per_part + params.keys_per_part, len_b), params.key_hi);
+
+    // the invocation's rows: packed row p = rc·RB + r is query i = p mod Nq of head kvh·G + p / Nq
+    var qreg: array<vec4<f32>, RB * DV>;   // query rows pre-scaled by q_scale
+    var acc: array<vec4<f32>, RB * DV>;    // O accumulators
+    var m: array<f32, RB>;                 // running max, log2 domain
+    var l: array<f32, RB>;                 // running sum of exp2(s − m)
+    var pos: array<i32, RB>;               // the query's bottom-right aligned key position
+    var cut: array<i32, RB>;               // last visible key under the causal mask
+    var slope: array<f32, RB>;
+    var q_scale = params.scale * LOG2E;
+// @if SOFTCAP
+    q_scale = params.scale;   // tanh needs the natural-domain score
+// @endif
+    let offset = causal_offset(params.causal, len_b, params.q_len);
+    // @unroll
+    for (var r = 0u; r < RB; r++) {
+        let p = min(rc * RB + r, params.rows_per_group - 1u);
+        let h = kvh * params.group + p / params.q_len;
+        let i = p % params.q_len;
+        pos[r] = i32(i) + i32(len_b) - i32(params.q_len);
+        cut[r] = select(2147483647, i32(i) + offset, params.causal != 0u);
+        slope[r] = 0.0;
+// @if ALIBI
+        slope[r] = bitcast<f32>(aux[params.alibi_offset + h]);
+// @endif
+        let qb = b * params.q_stride.x + h * params.q_stride.y + i * params.q_stride.z - params.q_base;
+        m[r] = MASKED;
+        l[r] = 0.0;
+        // @unroll
+        for (var dv = 0u; dv < DV; dv++) {
+            qreg[r * DV + dv] = q4(qb, dv * 4u) * q_scale;
+            acc[r * DV + dv] = vec4<f32>(0.0);
+        }
+    }
+    let prow0 = ((b - params.part_batch0) * params.part_kv_heads + kvh) * params.rows_per_group + rc * RB;
+    if (params.resume != 0u) {
+        // continue from the state an earlier dispatch stored: (O, LSE) is acc = O, l = 1, m = LSE
+        // in the log2 domain
+        // @unroll
+        for (var r = 0u; r < RB; r++) {
+            let at = (prow0 + min(r, params.rows_per_group - 1u - rc * RB)) * params.n_parts + part;
+            let lse = part_lse[at];
+            if (lse > MASKED_CUT) {
+                m[r] = lse * LOG2E;
+                l[r] = 1.0;
+                // @unroll
+                for (var dv = 0u; dv < DV; dv++) {
+                    let e = at * params.head_dim + dv * 4u;
+                    let x = vec4<f32>(part_o[e], part_o[e + 1u], part_o[e + 2u], part_o[e + 3u]);
+                    acc[r * DV + dv] = select(vec4<f32>(0.0), x, vec4<u32>(dv * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim));
+                }
+            }
+        }
+    }
+
+    let win_l = i32(min(params.window_left, 2147483647u));
+    let win_r = i32(min(params.window_right, 2147483647u));
+    let P = params.page_size;
+    for (var k0 = k_start; k0 < k_end; k0 += KB) {
+        // the block's page (KB divides P: a block never straddles two pages)
+        let page = aux[params.table_offset + b * params.table_stride + k0 / P];
+        let in_slab = page >= params.page_lo && page < params.page_hi;
+        let tok = k0 % P;
+        let kb = page * params.k_stride.x + kvh * params.k_stride.y + tok * params.k_stride.z - params.k_base;
+        let vb = page * params.v_stride.x + kvh * params.v_stride.y + tok * params.v_stride.z - params.v_base;
+
+        // scores of the block's keys for every row
+        var s: array<f32, RB * KB>;
+        var key_ok: array<bool, KB>;
+        // @unroll
+        for (var kk = 0u; kk < KB; kk++) {
+            let j = k0 + kk;
+            key_ok[kk] = in_slab && j < k_end;
+            var dots: array<vec4<f32>, RB>;
+            // @unroll
+            for (var dv = 0u; dv < DV; dv++) {
+                let kx = k4(kb + kk * params.k_stride.z, dv * 4u);
+                // @unroll
+                for (var r = 0u; r < RB; r++) {
+                    dots[r] += qreg[r * DV + dv] * kx;
+                }
+            }
+            // @unroll
+            for (var r = 0u; r < RB; r++) {
+                var x = dots[r].x + dots[r].y + dots[r].z + dots[r].w;
+// @if SOFTCAP
+                x = soft_cap(x, params.softcap) * LOG2E;
+// @endif
+// @if ALIBI
+                x -= slope[r] * abs(f32(pos[r] - i32(j))) * LOG2E;
+// @endif
+                let dist = pos[r] - i32(j);
+                let vis = key_ok[kk] && i32(j) <= cut[r] && dist <= win_l && -dist <= win_r;
+                s[r * KB + kk] = select(MASKED, x, vis);
+            }
+        }
+
+        // online softmax: one rescale per block
+        var pr: array<f32, RB * KB>;
+        // @unroll
+        for (var r = 0u; r < RB; r++) {
+            var mx = m[r];
+            // @unroll
+            for (var kk = 0u; kk < KB; kk++) {
+                mx = max(mx, s[r * KB + kk]);
+            }
+            let alpha = exp2(m[r] - mx);
+            var sum = 0.0;
+            // @unroll
+            for (var kk = 0u; kk < KB; kk++) {
+                let x = s[r * KB + kk];
+                let e = select(0.0, exp2(x - mx), x > MASKED_CUT);
+                pr[r * KB + kk] = e;
+                sum += e;
+            }
+            l[r] = l[r] * alpha + sum;
+            m[r] = mx;
+            // @unroll
+            for (var dv = 0u; dv < DV; dv++) {
+                acc[r * DV + dv] *= alpha;
+            }
+        }
+
+        // P·V; rows of keys outside the range read as zero (a page pool's unused tokens may hold
+        // anything, NaN included)
+        // @unroll
+        for (var kk = 0u; kk < KB; kk++) {
+            // @unroll
+            for (var dv = 0u; dv < DV; dv++) {
+                let vx = select(vec4<f32>(0.0), v4(vb + kk * params.v_stride.z, dv * 4u), key_ok[kk]);
+                // @unroll
+                for (var r = 0u; r < RB; r++) {
+                    acc[r * DV + dv] += pr[r * KB + kk] * vx;
+                }
+            }
+        }
+    }
+
+    // the partial state of each valid row: O = acc / l, LSE (natural log; −∞ when no key)
+    var neg_inf_bits = 0xff800000u;   // a var, so the constant evaluator never sees −∞
+    let neg_inf = bitcast<f32>(neg_inf_bits);
+    // @unroll
+    for (var r = 0u; r < RB; r++) {
+        if (rc * RB + r < params.rows_per_group) {
+            let at = (prow0 + r) * params.n_parts + part;
+            var inv = 0.0;
+            var lse = neg_inf;
+            if (l[r] > 0.0) {
+                inv = 1.0 / l[r];
+                lse = (m[r] + log2(l[r])) * LN2;
+            }
+            part_lse[at] = lse;
+            // @unroll
+            for (var dv = 0u; dv < DV; dv++) {
+                let x = acc[r * DV + dv] * inv;
+                let e = at * params.head_dim + dv * 4u;
+                let d = params.head_dim;
+                if (dv * 4u < d) { part_o[e] = x.x; }
+                if (dv * 4u + 1u < d) { part_o[e + 1u] = x.y; }
+                if (dv * 4u + 2u < d) { part_o[e + 2u] = x.z; }
+                if (dv * 4u + 3u < d) { part_o[e + 3u] = x.w; }
+            }
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Launch of `shaders/decode.wgsl`: attention of short queries (Nq ≤ [`MAX_DECODE_QUERIES`])
+//! against a long K/V cache, FlashDecoding style.
+//!
+//! The keys of each sequence are cut into `n_parts` ranges of `L` keys; one invocation reduces
+//! one range for up to [`ROWS_PER_INVOCATION`] of the G·Nq query rows that share a K/V head
+//! (GQA packed: each K/V row is read once per that many rows) to a partial (O, LSE), and
+//! `merge.wgsl` combines the parts exactly by log-sum-exp. Keys are read through a page table
+//! (key j of sequence b is token j mod P of page `table[b][j / P]`), so a contiguous cache, one
+//! page per sequence, and a paged pool run the same kernel.
+//!
+//! A plan fits the adapter's limits: the partial buffers of a group of batches fit one storage
+//! binding (else fewer batches per group, then longer parts); K/V are bound as windows per
+//! (batches, K/V heads), or per key range where one head's keys alone are too large; a page pool
+//! comes in slabs that each fit a binding, visited one after the other with the parts' states
+//! carried from one to the next.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::flash::compiled_head_dim;
+use super::flash::plan::{element_range, key_range};
+use super::merge::{self, MergeBuffers, MergeParams};
+use super::{causal_code, check_tensors, dispatch_all, pipeline, repack, strides4, Window};
+use crate::attention::{Attention, Problem, Shape};
+use crate::context::Context;
+use crate::dtype::{word_bytes, DType};
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::record::CallInfo;
+use crate::shader::Params;
+use crate::tensor::{check_buffer_size, Tensor};
+
+const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
+
+/// The longest query the decode kernel takes; longer ones run the fused forward.
+pub const MAX_DECODE_QUERIES: usize = 16;
+/// Query rows one invocation owns (fewer when a K/V head has fewer).
+pub const ROWS_PER_INVOCATION: usize = 4;
+/// Keys of one block of the kernel's key loop; page sizes are multiples of it.
+pub const KEY_BLOCK: usize = 4;
+/// Invocations per workgroup (along parts).
+const WORKGROUP: u32 = 64;
+/// The most keys one part may hold: its invocation's key loop runs `L / KEY_BLOCK` times, under
+/// lavapipe's 65,535 iterations per invocation.
+pub const MAX_KEYS_PER_PART: usize = 16_384 * KEY_BLOCK;
+/// The most parts of one call (merge.wgsl loops over them twice per element).
+const MAX_PARTS: usize = 16_384;
+/// Keys per part below which the automatic choice does not go: partial states are written and
+/// merged, so a part should read many times the rows it stores.
+const MIN_KEYS_PER_PART: usize = 64;
+const NONE: u32 = u32::MAX;
+
+/// Mirrors `Params` in decode.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct DecodeParams {
+    pub q_len: u32,
+    pub head_dim: u32,
+    pub group: u32,
+    pub rows_per_group: u32,
+    pub batch0: u32,
+    pub batches: u32,
+    pub kv_head0: u32,
+    pub kv_heads: u32,
+    pub row_chunks: u32,
+    pub part_groups: u32,
+    pub keys_per_part: u32,
+    pub part0: u32,
+    pub parts: u32,
+    pub n_parts: u32,
+    pub part_batch0: u32,
+    pub part_kv_heads: u32,
+    pub grid_x: u32,
+    pub wg_offset: u32,
+    pub page_size: u32,
+    pub table_stride: u32,
+    pub table_offset: u32,
+    pub page_lo: u32,
+    pub page_hi: u32,
+    pub resume: u32,
+    pub key_lo: u32,
+    pub key_hi: u32,
+    pub causal: u32,
+    pub window_left: u32,
+    pub window_right: u32,
+    pub alibi_offset: u32,
+    pub scale: f32,
+    pub softcap: f32,
+    pub q_base: u32,
+    pub k_base: u32,
+    pub v_base: u32,
+    pub _pad: u32,
+    pub q_stride: [u32; 4],
+    pub k_stride: [u32; 4],
+    pub v_stride: [u32; 4],
+}
+
+/// The specialisation of one decode pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DecodeVariant {
+    /// Query rows per invocation (1, 2 or 4).
+    pub rows: u32,
+    /// Compiled head dim (a multiple of 32).
+    pub d_pad: u32,
+    /// Q, K, V accessed as vec4s.
+    pub vec4: bool,
+    /// Soft-capped logits.
+    pub softcap: bool,
+    /// ALiBi biases.
+    pub alibi: bool,
+    /// Storage type of Q, K and V.
+    pub qkv: DType,
+}
+
+impl DecodeVariant {
+    /// The template parameters of decode.wgsl.
+    pub fn params(&self) -> Params {
+        Params::from([
+            ("RB", self.rows),
+            ("DV", self.d_pad / 4),
+            ("WG", WORKGROUP),
+            ("KB", KEY_BLOCK as u32),
+            ("VEC4", self.vec4 as u32),
+            ("SOFTCAP", self.softcap as u32),
+            ("ALIBI", self.alibi as u32),
+            ("QKV_TYPE", self.qkv.shader_code()),
+        ])
+    }
+
+    /// The WGSL of this variant, specialised (for validation).
+    pub fn specialised_source(&self) -> Result<String> {
+        crate::shader::specialise("decode.wgsl", SOURCE, &self.params())
+    }
+}
+
+/// Why a call cannot run the decode kernel, or `None` where it can: at most
+/// [`MAX_DECODE_QUERIES`] queries, no mask but a window (`Mask::Window`), no block mask and no
+/// top-k selection (causal, key lengths, ALiBi and soft-capping are all taken).
+pub fn unsupported(p: &Problem, attn: &Attention) -> Option<String> {
+    if p.q_len > MAX_DECODE_QUERIES {
+        return Some(format!("{} queries (the decode kernel takes up to {MAX_DECODE_QUERIES})", p.q_len));
+    }
+    if attn.block_mask.is_some() || attn.topk.is_some() {
+        return Some("a block mask or top-k selection (the decode kernel takes a window mask only)".into());
+    }
+    match &attn.mask {
+        None | Some(Mask::Window { .. }) => None,
+        Some(_) => Some("a mask other than a window (the decode kernel takes a window mask only)".into()),
+    }
+}
+
+/// Where the keys and values of a call are: pages of `[pages, Hkv, P, D]` tensors read through
+/// a page table. A contiguous cache is one page per sequence.
+pub(crate) struct KvPages<'a> {
+    /// Slabs of the pool, in page order: (first page, K, V), each K and V a tensor of shape
+    /// `[pages in slab, Hkv, P, D]`. One slab may be larger than a storage binding only when it
+    /// is the only one (it is then bound by windows).
+    pub slabs: Vec<(u32, &'a Tensor, &'a Tensor)>,
+    /// Tokens per page.
+    pub page_size: usize,
+    /// `table_stride` page numbers per sequence.
+    pub table: Vec<u32>,
+    pub table_stride: usize,
+    /// Keys of each sequence.
+    pub lens: Vec<u32>,
+}
+
+impl<'a> KvPages<'a> {
+    /// A contiguous cache `[B, Hkv, Nk, D]` (any strides): sequence b is page b, of Nk tokens.
+    pub fn contiguous(k: &'a Tensor, v: &'a Tensor, attn: &Attention) -> Self {
+        let s = k.shape;
+        Self {
+            slabs: vec![(0, k, v)],
+            page_size: s.seq,
+            table: (0..s.batch as u32).collect(),
+            table_stride: 1,
+            lens: attn.kv_lens.clone().unwrap_or_else(|| vec![s.seq as u32; s.batch]),
+        }
+    }
+}
+
+/// How one decode call is cut up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodePlan {
+    /// Rows per invocation.
+    pub rows: usize,
+    /// Keys per part (a multiple of [`KEY_BLOCK`]).
+    pub keys_per_part: usize,
+    /// Parts per sequence.
+    pub n_parts: usize,
+    /// Batches whose partial states one partial buffer holds.
+    pub batches_per_group: usize,
+}
+
+/// Plan a decode call of `p` whose longest sequence has `max_len` keys, with `splits` parts
+/// forced (else chosen), partial buffers within `max_binding` bytes.
+pub fn plan(p: &Problem, max_len: usize, splits: Option<u32>, max_binding: u64) -> Result<DecodePlan> {
+    let r = p.group() * p.q_len;
+    let rows = r.next_power_of_two().min(ROWS_PER_INVOCATION);
+    let n = max_len.max(1);
+    let at_least = n.div_ceil(MAX_KEYS_PER_PART);
+    let mut parts = match splits {
+        Some(s) => (s as usize).max(at_least),
+        None => n.div_ceil(MIN_KEYS_PER_PART.max(16 * r)).max(at_least),
+    };
+    // the partial states of one batch must fit one binding
+    let per_part = word_bytes((p.kv_heads * r * (p.head_dim + 1)) as u64);
+    let fit = (max_binding / per_part.max(1)) as usize;
+    if fit == 0 {
+        return Err(Error::LimitExceeded {
+            what: format!("the partial states of one batch's {} query rows", p.q_heads * p.q_len),
+            limit: "max_storage_buffer_binding_size",
+            needed: per_part,
+            available: max_binding,
+        });
+    }
+    parts = parts.min(fit).clamp(1, MAX_PARTS);
+    let keys_per_part = n.div_ceil(parts).next_multiple_of(KEY_BLOCK);
+    if keys_per_part > MAX_KEYS_PER_PART {
+        return Err(Error::LimitExceeded {
+            what: format!("{n} keys in at most {parts} parts"),
+            limit: "max_storage_buffer_binding_size",
+            needed: per_part * n.div_ceil(MAX_KEYS_PER_PART) as u64,
+            available: max_binding,
+        });
+    }
+    let n_parts = n.div_ceil(keys_per_part);
+    let batches_per_group = (fit / n_parts).clamp(1, p.batch);
+    Ok(DecodePlan { rows, keys_per_part, n_parts, batches_per_group })
+}
+
+/// A dispatch's share of one slab: batches, K/V heads and keys whose K and V windows each fit a
+/// binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KvChunk {
+    b0: usize,
+    nb: usize,
+    kh0: usize,
+    nkh: usize,
+    key_lo: usize,
+    key_hi: usize,
+}
+
+/// Cut batches `b0..b0+nb` of a contiguous cache (`shape`, `strides`, elements of `dtype`) into
+/// chunks whose K/V windows fit `max_binding` bytes: all at once, else per batch, per run of K/V
+/// heads, and per key range (a multiple of `keys_per_part`).
+fn kv_chunks(
+    shape: Shape,
+    strides: [usize; 3],
+    dtype: DType,
+    (b0, nb): (usize, usize),
+    keys_per_part: usize,
+    max_binding: u64,
+) -> Vec<KvChunk> {
+    let bytes = |(s, e): (u64, u64)| dtype.bytes(e - s) + 256;
+    let fits = |r| bytes(r) <= max_binding;
+    let all = KvChunk { b0, nb, kh0: 0, nkh: shape.heads, key_lo: 0, key_hi: shape.seq };
+    if fits(element_range(shape, strides, b0, nb, 0, shape.heads)) {
+        return vec![all];
+    }
+    let mut out = Vec::new();
+    for b in b0..b0 + nb {
+        if fits(element_range(shape, strides, b, 1, 0, shape.heads)) {
+            out.push(KvChunk { b0: b, nb: 1, ..all });
+            continue;
+        }
+        let mut h = 0;
+        while h < shape.heads {
+            let mut nh = 1;
+            while h + nh < shape.heads && fits(element_range(shape, strides, b, 1, h, nh + 1)) {
+                nh += 1;
+            }
+            if fits(element_range(shape, strides, b, 1, h, nh)) {
+                out.push(KvChunk { b0: b, nb: 1, kh0: h, nkh: nh, ..all });
+            } else {
+                // one head's keys in ranges of whole parts
+                let mut k0 = 0;
+                while k0 < shape.seq {
+                    let mut k1 = (k0 + keys_per_part).min(shape.seq);
+                    while k1 < shape.seq && fits(key_range(shape, strides, b, h, k0, (k1 + keys_per_part).min(shape.seq))) {
+                        k1 = (k1 + keys_per_part).min(shape.seq);
+                    }
+                    out.push(KvChunk { b0: b, nb: 1, kh0: h, nkh: 1, key_lo: k0, key_hi: k1 });
+                    k0 = k1;
+                }
+            }
+            h += nh;
+        }
+    }
+    out
+}
+
+/// Record a decode call into `encoder` (its own compute pass, which writes `timing`'s timestamps
+/// if given): Q `[B, Hq, Nq, D]` against `kv`, O (Q's shape, any layout and dtype) and LSE. `p`
+/// is the validated problem (its `kv_len` the longest sequence's keys).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    timing: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    p: &Problem,
+    q: &Tensor,
+    kv: &KvPages<'_>,
+    attn: &Attention,
+    (o, lse): (&Tensor, &Tensor),
+) -> Result<CallInfo> {
+    if let Some(why) = unsupported(p, attn) {
+        return Err(Error::InvalidOption(format!("the decode kernel cannot run this call: {why}")));
+    }
+    let (_, k0, v0) = kv.slabs[0];
+    check_tensors(ctx, p, [q, k0, v0], o, lse, true, "the decode kernel")?;
+    for &(_, k, v) in &kv.slabs {
+        for t in [k, v] {
+            t.check_context(ctx)?;
+            if t.dtype != q.dtype {
+                return Err(Error::UnsupportedDType(format!("Q is {} but the cache is {}", q.dtype, t.dtype)));
+            }
+        }
+    }
+    let limits = ctx.limits();
+    let max_binding = limits.max_storage_buffer_binding_size;
+    let plan = plan(p, p.kv_len, attn.launch.num_splits, max_binding)?;
+    let (g, r) = (p.group(), p.group() * p.q_len);
+    let vec4 = limits.min_storage_buffer_offset_alignment.is_multiple_of(16)
+        && std::iter::once(q).chain(kv.slabs.iter().flat_map(|&(_, k, v)| [k, v])).all(repack::vec4_ready);
+    let variant = DecodeVariant {
+        rows: plan.rows as u32,
+        d_pad: compiled_head_dim(p.head_dim) as u32,
+        vec4,
+        softcap: attn.softcap.is_some(),
+        alibi: attn.alibi_slopes.is_some(),
+        qkv: q.dtype,
+    };
+    let pipeline = pipeline(ctx, "decode.wgsl", SOURCE, &variant.params())?;
+
+    // meta: key lengths, ALiBi slopes, page table
+    let mut meta = kv.lens.clone();
+    let alibi_offset = meta.len() as u32;
+    if let Some(s) = &attn.alibi_slopes {
+        meta.extend(s.iter().map(|x| x.to_bits()));
+    }
+    let table_offset = meta.len() as u32;
+    meta.extend_from_slice(&kv.table);
+    let meta_bytes = word_bytes(meta.len() as u64);
+    if meta_bytes > max_binding {
+        return Err(Error::LimitExceeded {
+            what: "the page table".into(),
+            limit: "max_storage_buffer_binding_size",
+            needed: meta_bytes,
+            available: max_binding,
+        });
+    }
+    let meta = ctx.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("decode meta"),
+        contents: bytemuck::cast_slice(&meta),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+
+    // partial states of one group of batches
+    let group_rows = (plan.batches_per_group * p.kv_heads * r) as u64;
+    let o_bytes = DType::F32.bytes(group_rows * plan.n_parts as u64 * p.head_dim as u64);
+    check_buffer_size(ctx, "partial-output buffer", o_bytes)?;
+    let make = |label, size: u64| {
+        ctx.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let part_o = make("decode partial O", o_bytes);
+    let part_lse = make("decode partial LSE", DType::F32.bytes(group_rows * plan.n_parts as u64));
+
+    let (window_left, window_right) = match &attn.mask {
+        Some(Mask::Window { left, right }) => {
+            let w = |x: &Option<usize>| x.map_or(NONE, |x| x.min(NONE as usize - 1) as u32);
+            (w(left), w(right))
+        }
+        _ => (NONE, NONE),
+    };
+    let base = DecodeParams {
+        q_len: p.q_len as u32,
+        head_dim: p.head_dim as u32,
+        group: g as u32,
+        rows_per_group: r as u32,
+        row_chunks: r.div_ceil(plan.rows) as u32,
+        keys_per_part: plan.keys_per_part as u32,
+        n_parts: plan.n_parts as u32,
+        part_kv_heads: p.kv_heads as u32,
+        page_size: kv.page_size as u32,
+        table_stride: kv.table_stride as u32,
+        table_offset,
+        causal: causal_code(attn),
+        window_left,
+        window_right,
+        alibi_offset,
+        scale: attn.scale_for(p.head_dim),
+        softcap: attn.softcap.unwrap_or(1.0),
+        q_stride: strides4(q),
+        ..Default::default()
+    };
+
+    // a contiguous cache: one slab whose pages are the sequences
+    let contiguous = kv.slabs.len() == 1 && kv.table_stride == 1 && kv.page_size == k0.shape.seq;
+    if !contiguous {
+        for &(_, k, _) in &kv.slabs {
+            let bytes = k.device_bytes();
+            if bytes > max_binding {
+                return Err(Error::LimitExceeded {
+                    what: format!("a page-pool slab of {bytes} bytes"),
+                    limit: "max_storage_buffer_binding_size",
+                    needed: bytes,
+                    available: max_binding,
+                });
+            }
+        }
+    }
+    let mut dispatches = 0;
+    let mut pass =
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("attention decode"), timestamp_writes: timing });
+    for gb0 in (0..p.batch).step_by(plan.batches_per_group) {
+        let gnb = plan.batches_per_group.min(p.batch - gb0);
+        let qw = Window::new(ctx, q, element_range(q.shape, q.strides, gb0, gnb, 0, p.q_heads));
+        for (slab, &(page0, k, v)) in kv.slabs.iter().enumerate() {
+            let pages = k.shape.batch as u32;
+            // a contiguous cache is bound in windows as it needs (by batches, K/V heads, key
+            // ranges); a pool's slab is bound whole, and sees only its own pages
+            let chunks = if contiguous {
+                kv_chunks(k.shape, k.strides, k.dtype, (gb0, gnb), plan.keys_per_part, max_binding)
+            } else {
+                vec![KvChunk { b0: 0, nb: k.shape.batch, kh0: 0, nkh: p.kv_heads, key_lo: 0, key_hi: k.shape.seq }]
+            };
+            for c in chunks {
+                let (b_lo, b_n) = if contiguous { (c.b0, c.nb) } else { (gb0, gnb) };
+                let (page_lo, page_hi) =
+                    if contiguous { (c.b0 as u32, (c.b0 + c.nb) as u32) } else { (page0, page0 + pages) };
+                let whole_keys = c.key_lo == 0 && c.key_hi == k.shape.seq;
+                let range = if whole_keys {
+                    element_range(k.shape, k.strides, c.b0, c.nb, c.kh0, c.nkh)
+                } else {
+                    key_range(k.shape, k.strides, c.b0, c.kh0, c.key_lo, c.key_hi)
+                };
+                let (kw, vw) = (Window::new(ctx, k, range), Window::new(ctx, v, range));
+                let (key_lo, key_hi) = if whole_keys { (0, usize::MAX) } else { (c.key_lo, c.key_hi) };
+                let part0 = key_lo / plan.keys_per_part;
+                let part_end = if key_hi >= p.kv_len { plan.n_parts } else { key_hi.div_ceil(plan.keys_per_part) };
+                let parts = (part_end - part0) as u32;
+                let part_groups = parts.div_ceil(WORKGROUP);
+                let dp = DecodeParams {
+                    batch0: b_lo as u32,
+                    batches: b_n as u32,
+                    kv_head0: c.kh0 as u32,
+                    kv_heads: c.nkh as u32,
+                    part_groups,
+                    part0: part0 as u32,
+                    parts,
+                    part_batch0: gb0 as u32,
+                    page_lo,
+                    page_hi,
+                    resume: (slab > 0) as u32,
+                    key_lo: key_lo as u32,
+                    key_hi: key_hi.min(u32::MAX as usize) as u32,
+                    q_base: qw.base,
+                    // the slab's page 0 is page `page0` of the table
+                    k_base: kw.base.wrapping_add(page0.wrapping_mul(k.strides[0] as u32)),
+                    v_base: vw.base.wrapping_add(page0.wrapping_mul(v.strides[0] as u32)),
+                    k_stride: strides4(k),
+                    v_stride: strides4(v),
+                    ..base
+                };
+                let total = (b_n * c.nkh) as u64 * base.row_chunks as u64 * part_groups as u64;
+                let uniform = |grid_x, wg_offset| bytemuck::bytes_of(&DecodeParams { grid_x, wg_offset, ..dp }).to_vec();
+                let resources = [
+                    (1, qw.binding(&q.buffer)),
+                    (2, kw.binding(&k.buffer)),
+                    (3, vw.binding(&v.buffer)),
+                    (4, meta.as_entire_binding()),
+                    (5, part_o.as_entire_binding()),
+                    (6, part_lse.as_entire_binding()),
+                ];
+                dispatches += dispatch_all(ctx, &mut pass, &pipeline, "decode", total, uniform, &resources);
+            }
+        }
+        // merge the group's parts into O and LSE
+        let ow = Window::new(ctx, o, element_range(o.shape, o.strides, gb0, gnb, 0, p.q_heads));
+        let lse_range = ((gb0 * p.q_heads * p.q_len) as u64, ((gb0 + gnb) * p.q_heads * p.q_len) as u64);
+        let lw = Window::new(ctx, lse, lse_range);
+        let mp = MergeParams {
+            rows: (gnb * p.kv_heads * r) as u32,
+            row0: 0,
+            rows_per_group: r as u32,
+            head_dim: p.head_dim as u32,
+            n_splits: plan.n_parts as u32,
+            group: g as u32,
+            kv_heads: p.kv_heads as u32,
+            q_len: p.q_len as u32,
+            rows_per_head: p.q_len as u32,
+            batch0: gb0 as u32,
+            kv_head0: 0,
+            o_stride: strides4(o),
+            lse_stride_b: (p.q_heads * p.q_len) as u32,
+            lse_stride_h: p.q_len as u32,
+            ..Default::default()
+        };
+        let bufs = MergeBuffers { part_o: &part_o, part_lse: &part_lse, o: (&o.buffer, ow), lse: (&lse.buffer, lw) };
+        dispatches += merge::encode(ctx, &mut pass, mp, &bufs, o.dtype)?;
+    }
+    drop(pass);
+    Ok(CallInfo::new("decode", None, plan.n_parts as u32, dispatches))
+}
