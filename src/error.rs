@@ -59,6 +59,17 @@ pub enum Error {
     /// that is not f32, a kernel without 16-bit support).
     #[error("unsupported dtype: {0}")]
     UnsupportedDType(String),
+    /// A paged KV cache has too few free pages for an append or a reservation (nothing was
+    /// allocated). Free sequences, or make the pool larger: its size is the caller's choice.
+    #[error("the paged KV cache's pool is full: {needed} pages needed, {free} free of {pages}")]
+    PoolFull {
+        /// Pages the request needs.
+        needed: usize,
+        /// Free pages.
+        free: usize,
+        /// Pages in the pool.
+        pages: usize,
+    },
     /// A tensor was created on another context.
     #[error("tensor belongs to another context")]
     ForeignTensor,

@@ -725,3 +725,23 @@ fn run_decodes_and_merge_joins_two_key_ranges() {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     }
 }
+
+/// `wgattn run --page-size P --page-seed S` runs through a paged cache in shuffled page order and
+/// gives the oracle's answer (key lengths: each sequence holds its own number of tokens).
+#[test]
+fn run_through_a_paged_cache_matches_oracle() {
+    let causal = Attention::new().causal(wgpu_attention::Causal::BottomRight);
+    run_matches_oracle(
+        "paged",
+        Layout::Bshd,
+        &["--page-size", "16", "--page-seed", "3", "--causal"],
+        &causal,
+    );
+    let lens = causal.clone().kv_lens(vec![53, 20]);
+    run_matches_oracle(
+        "paged-lens",
+        Layout::Bhsd,
+        &["--page-size", "32", "--causal", "--kv-lens", "53,20"],
+        &lens,
+    );
+}

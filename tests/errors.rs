@@ -100,13 +100,20 @@ fn no_matching_adapter_says_how_to_get_one() {
 #[test]
 fn over_the_binding_limit_is_a_typed_error() {
     // A device whose storage bindings hold 64 KiB cannot bind one head of 1024 keys × D 32
-    // (128 KiB) for a call with a block table (its splits visit scattered key blocks, so K cannot
-    // be cut by key range; without a table it is: tests/limits.rs).
+    // (128 KiB) for a fused-forward call with a block table (its splits visit scattered key
+    // blocks, so K cannot be cut by key range; without a table it is: tests/limits.rs; the
+    // decode kernel, which cuts any cache by key range, runs it: tests/decode.rs).
     let limits = wgpu::Limits { max_storage_buffer_binding_size: 64 << 10, ..ctx().limits().clone() };
     let small = common::context_from(|o| o.limits(limits));
     let case = Case::new(8, 1024, 32);
     let (q, k, v) = case.inputs(1);
-    let r = wgpu_attention::attention(&small, &q, &k, &v, &Attention::new().mask(Mask::window(100, 0)));
+    let r = wgpu_attention::attention(
+        &small,
+        &q,
+        &k,
+        &v,
+        &Attention::new().mask(Mask::window(100, 0)).path(Path::Prefill),
+    );
     match r {
         Err(Error::LimitExceeded { limit, needed, available, .. }) => {
             assert_eq!(limit, "max_storage_buffer_binding_size");

@@ -169,18 +169,23 @@ fn head_dims_111_and_256() {
 fn large_logits_and_values_in_f16() {
     let case = Case::new(70, 300, 64).heads(1, 2, 2).attn(Attention::new().causal(Causal::BottomRight));
     let (q, k, v) = case.inputs(fresh_seed());
-    // |q·k|·scale up to ~30: q, k in ±1 times sqrt(30·8 / 64)·…; scale 1/8 at D 64
+    // |q·k|·scale up to ~30: q and k scaled by the same factor f, chosen from the inputs' own
+    // largest score (scale 1/8 at D 64); V up to 60,000
+    let d = 64;
+    let max_score = |q: &HostTensor, k: &HostTensor| {
+        (0..q.shape.seq)
+            .flat_map(|i| (0..k.shape.seq).map(move |j| (i, j)))
+            .map(|(i, j)| (0..d).map(|x| q.at(0, 0, i, x) * k.at(0, 0, j, x)).sum::<f32>().abs() / 8.0)
+            .fold(0.0f32, f32::max)
+    };
+    let f = (30.0 / max_score(&q, &k)).sqrt();
     let big = |t: &HostTensor, f: f32| HostTensor {
         data: t.data.iter().map(|x| DType::F16.round(x * f)).collect(),
         ..t.clone()
     };
-    let (q, k, v) = (big(&q, 4.0), big(&k, 4.0), big(&v, 60_000.0));
+    let (q, k, v) = (big(&q, f), big(&k, f), big(&v, 60_000.0));
     // the largest score of the inputs: about ±30 (asserted, so the test keeps testing this)
-    let d = 64;
-    let max_score = (0..q.shape.seq)
-        .flat_map(|i| (0..k.shape.seq).map(move |j| (i, j)))
-        .map(|(i, j)| (0..d).map(|x| q.at(0, 0, i, x) * k.at(0, 0, j, x)).sum::<f32>().abs() / 8.0)
-        .fold(0.0f32, f32::max);
+    let max_score = max_score(&q, &k);
     assert!(max_score > 20.0, "the inputs' largest scaled score is {max_score}, want ~30");
     for o in [DType::F16, DType::F32] {
         let e = run_inputs_16(ctx(), &case, (&q, &k, &v), (DType::F16, o), forward_into).unwrap();

@@ -62,7 +62,11 @@ fn run_once(ctx: &Context, cases: &[Case], seed: u64) -> Vec<(Vec<f32>, Vec<f32>
     let calls = submission.wait().unwrap();
     assert_eq!(calls.len(), cases.len());
     for (case, call) in cases.iter().zip(&calls) {
-        assert!(call.tiles.is_some() && call.dispatches >= 1, "{case}: {call:?}");
+        // the fused forward (with its tiles), or the decode kernel for the short queries
+        assert!(
+            (call.tiles.is_some() || call.kernel == "decode") && call.dispatches >= 1,
+            "{case}: {call:?}"
+        );
     }
     outputs.iter().map(|(o, lse)| (o.to_host(ctx).unwrap().data, lse.to_host(ctx).unwrap().data)).collect()
 }

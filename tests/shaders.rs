@@ -147,6 +147,7 @@ fn sixteen_bit_specialisations_validate() {
     for (name, param) in [
         ("merge.wgsl", "O_TYPE"),
         ("merge_states.wgsl", "O_TYPE"),
+        ("paged_append.wgsl", "TYPE"),
         ("topk.wgsl", "QKV_TYPE"),
         ("naive.wgsl", "QKV_TYPE"),
         ("repack.wgsl", "HALF"),

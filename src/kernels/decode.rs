@@ -139,6 +139,11 @@ pub fn unsupported(p: &Problem, attn: &Attention) -> Option<String> {
     if p.q_len > MAX_DECODE_QUERIES {
         return Some(format!("{} queries (the decode kernel takes up to {MAX_DECODE_QUERIES})", p.q_len));
     }
+    unsupported_options(attn)
+}
+
+/// The options part of [`unsupported`] (a paged cache runs any query length through the kernel).
+pub(crate) fn unsupported_options(attn: &Attention) -> Option<String> {
     if attn.block_mask.is_some() || attn.topk.is_some() {
         return Some("a block mask or top-k selection (the decode kernel takes a window mask only)".into());
     }
@@ -162,6 +167,8 @@ pub(crate) struct KvPages<'a> {
     pub table_stride: usize,
     /// Keys of each sequence.
     pub lens: Vec<u32>,
+    /// A contiguous cache: one slab whose pages are the sequences (bound in windows as it needs).
+    pub contiguous: bool,
 }
 
 impl<'a> KvPages<'a> {
@@ -174,6 +181,7 @@ impl<'a> KvPages<'a> {
             table: (0..s.batch as u32).collect(),
             table_stride: 1,
             lens: attn.kv_lens.clone().unwrap_or_else(|| vec![s.seq as u32; s.batch]),
+            contiguous: true,
         }
     }
 }
@@ -303,12 +311,19 @@ pub(crate) fn encode(
     attn: &Attention,
     (o, lse): (&Tensor, &Tensor),
 ) -> Result<CallInfo> {
-    if let Some(why) = unsupported(p, attn) {
+    let why = if kv.contiguous { unsupported(p, attn) } else { unsupported_options(attn) };
+    if let Some(why) = why {
         return Err(Error::InvalidOption(format!("the decode kernel cannot run this call: {why}")));
     }
     let (_, k0, v0) = kv.slabs[0];
     check_tensors(ctx, p, [q, k0, v0], o, lse, true, "the decode kernel")?;
     for &(_, k, v) in &kv.slabs {
+        if k.strides != v.strides {
+            return Err(Error::ShapeMismatch(format!(
+                "K has strides {:?} but V {:?}: they must agree",
+                k.strides, v.strides
+            )));
+        }
         for t in [k, v] {
             t.check_context(ctx)?;
             if t.dtype != q.dtype {
@@ -400,7 +415,7 @@ pub(crate) fn encode(
     };
 
     // a contiguous cache: one slab whose pages are the sequences
-    let contiguous = kv.slabs.len() == 1 && kv.table_stride == 1 && kv.page_size == k0.shape.seq;
+    let contiguous = kv.contiguous;
     if !contiguous {
         for &(_, k, _) in &kv.slabs {
             let bytes = k.device_bytes();

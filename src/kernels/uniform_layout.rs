@@ -304,6 +304,16 @@ fn merge_states_params_match_merge_states_wgsl() {
     check("MergeStatesParams", &specialised("merge_states.wgsl", &Params::from([("O_TYPE", 1)])), fields);
 }
 
+#[test]
+fn append_params_match_paged_append_wgsl() {
+    use crate::paged::AppendParams;
+    let fields = rust_fields!(AppendParams {
+        elements, heads, tokens, head_dim, batch0, page_size, table_stride, lens_offset, page_lo,
+        page_hi, grid_x, wg_offset, src_base, head0, token0, heads_here, tokens_here, _pad, src_stride,
+    });
+    check("AppendParams", &specialised("paged_append.wgsl", &Params::from([("TYPE", 2)])), fields);
+}
+
 /// The check itself fails, naming the field, where the two sides disagree.
 #[test]
 fn a_mismatch_names_the_field() {

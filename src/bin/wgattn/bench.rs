@@ -39,11 +39,12 @@ use wgpu_attention::cpu::{flash as cpu_flash, reference};
 use wgpu_attention::kernels::decode::MAX_DECODE_QUERIES;
 use wgpu_attention::kernels::naive;
 use wgpu_attention::mask::{Dims, TOPK_MAX};
+use wgpu_attention::paged::{PagedKvCache, PagedKvConfig, SeqId};
 use wgpu_attention::testing::Case;
 use wgpu_attention::Path as KernelPath;
 use wgpu_attention::{
     Attention, BlockMask, CallInfo, Causal, Context, ContextOptions, DType, Error, FirstCall, HostTensor,
-    Mask, Output, Problem, Tensor, Tuning, MAX_HEAD_DIM,
+    Mask, Output, Problem, Recorder, Tensor, Tuning, MAX_HEAD_DIM,
 };
 
 use crate::{one_line, plot, BenchArgs, CliError};
@@ -82,6 +83,9 @@ pub enum Backend {
     GpuFused,
     /// The decode kernel (`Path::Decode`: FlashDecoding key ranges merged by LSE; Nq ≤ 16)
     GpuDecode,
+    /// The same problem through a paged KV cache (`paged::PagedKvCache`, pages of --page-size in
+    /// shuffled order)
+    GpuPaged,
     /// The naive three-pass GPU baseline (materialises the Nq×Nk scores).
     GpuNaive,
     /// The multithreaded f32 CPU path.
@@ -95,6 +99,7 @@ impl Backend {
         match self {
             Backend::GpuFused => "gpu-fused",
             Backend::GpuDecode => "gpu-decode",
+            Backend::GpuPaged => "gpu-paged",
             Backend::GpuNaive => "gpu-naive",
             Backend::CpuFast => "cpu-fast",
             Backend::CpuReference => "cpu-reference",
@@ -213,6 +218,8 @@ struct Sweep {
     budget: Duration,
     seed: u64,
     window: usize,
+    /// Tokens per page of gpu-paged.
+    page_size: usize,
     /// Calls predicted to take longer are skipped.
     max_call: f64,
 }
@@ -620,7 +627,15 @@ fn resolve(args: &BenchArgs) -> Result<Sweep, CliError> {
         );
     }
     let budget = Duration::from_secs_f64(if quick { 1.5 } else { 10.0 });
-    Ok(Sweep { specs, reps, budget, seed: args.seed, window: args.window, max_call: args.max_call_seconds })
+    Ok(Sweep {
+        specs,
+        reps,
+        budget,
+        seed: args.seed,
+        window: args.window,
+        page_size: args.page_size,
+        max_call: args.max_call_seconds,
+    })
 }
 
 /// Attention options and visited density of one (shape, mode, density).
@@ -662,6 +677,7 @@ struct Runner {
     budget: Duration,
     seed: u64,
     window: usize,
+    page_size: usize,
     max_call: f64,
     /// Contexts autotune the fused family (else they take the adapter's default).
     tune: bool,
@@ -686,6 +702,7 @@ impl Runner {
             budget: sweep.budget,
             seed: sweep.seed,
             window: sweep.window,
+            page_size: sweep.page_size,
             max_call: sweep.max_call,
             gpus: HashMap::new(),
             shapes: Vec::new(),
@@ -754,12 +771,21 @@ impl Runner {
             Backend::GpuNaive if self.naive_misfit(spec, &mut row) => return row,
             _ if self.too_slow(spec, row.density, &mut row) => return row,
             Backend::CpuFast | Backend::CpuReference => self.measure_cpu(spec, &prepared),
+            Backend::GpuPaged
+                if spec.mode != Mode::Decode && spec.mode != Mode::Dense && spec.mode != Mode::Causal =>
+            {
+                row.note = "unsupported".into();
+                row.detail = "the paged cache runs dense, causal and decode rows".into();
+                return row;
+            }
             Backend::GpuDecode if spec.dims.q_len > MAX_DECODE_QUERIES => {
                 row.note = "skipped".into();
                 row.detail = format!("the decode kernel takes up to {MAX_DECODE_QUERIES} queries");
                 return row;
             }
-            Backend::GpuFused | Backend::GpuDecode | Backend::GpuNaive => self.measure_gpu(spec, &prepared),
+            Backend::GpuFused | Backend::GpuDecode | Backend::GpuPaged | Backend::GpuNaive => {
+                self.measure_gpu(spec, &prepared)
+            }
         };
         match result {
             Ok((samples, peak, kernel, device)) => {
@@ -921,9 +947,42 @@ impl Runner {
             Backend::GpuDecode => prepared.native.clone().path(KernelPath::Decode),
             _ => prepared.native.clone(),
         };
+        // gpu-paged: each set's K and V appended to a cache of its own (outside the timing)
+        let page_size = self.page_size;
+        let caches = if backend == Backend::GpuPaged {
+            let mut caches = Vec::new();
+            for (i, (q, k, v)) in sets.iter().enumerate() {
+                let _ = q;
+                let ks = k.shape();
+                let config = PagedKvConfig {
+                    pages: ks.batch * ks.seq.div_ceil(page_size),
+                    page_size,
+                    kv_heads: ks.heads,
+                    head_dim: ks.head_dim,
+                    dtype: dt,
+                };
+                let mut cache = PagedKvCache::new(ctx, config)?;
+                cache.shuffle_free_pages(i as u64 + 1);
+                let ids: Vec<SeqId> = (0..ks.batch).map(|_| cache.add_sequence()).collect();
+                let mut rec = Recorder::new(ctx);
+                cache.append(&mut rec, &ids, k, v)?;
+                rec.submit()?.wait()?;
+                caches.push((cache, ids));
+            }
+            caches
+        } else {
+            Vec::new()
+        };
         let call = |set: usize| -> Result<Output, Error> {
             let (q, k, v) = &sets[set % sets.len()];
             let out = match backend {
+                Backend::GpuPaged => {
+                    let (cache, ids) = &caches[set % caches.len()];
+                    let mut rec = Recorder::new(ctx);
+                    let out = cache.attention(&mut rec, q, ids, attn)?;
+                    rec.submit()?;
+                    Ok(out)
+                }
                 Backend::GpuFused | Backend::GpuDecode => wgpu_attention::forward(ctx, q, k, v, attn),
                 _ => naive::forward(ctx, q, k, v, attn),
             }?;
@@ -954,6 +1013,7 @@ impl Runner {
         let kernel = match backend {
             Backend::GpuFused => fused_name(info.get(), attn),
             Backend::GpuDecode => format!("decode parts{}", info.get().map_or(0, |i| i.n_splits)),
+            Backend::GpuPaged => format!("paged P{page_size} parts{}", info.get().map_or(0, |i| i.n_splits)),
             _ => "naive-3pass".to_string(),
         };
         let info = &ctx.adapter().info;

@@ -215,6 +215,14 @@ pub struct RunArgs {
     /// GPU only: split the key range into N parts (default: automatic).
     #[arg(long, value_name = "N")]
     pub num_splits: Option<u32>,
+    /// Load K and V into a paged KV cache with pages of P tokens (a multiple of 16, 16 to 256) in
+    /// a shuffled physical order and run attention through it (the decode kernel; masks: causal,
+    /// --kv-lens, --window only).
+    #[arg(long, value_name = "P")]
+    pub page_size: Option<usize>,
+    /// Seed of the shuffled page order of --page-size.
+    #[arg(long, value_name = "S", default_value_t = 1, requires = "page_size")]
+    pub page_seed: u64,
     /// Sliding window: query i sees the keys from L before to R after its position i + Nk - Nq
     /// (bottom-right aligned, like --causal).
     #[arg(long, value_name = "L,R", value_parser = masks::parse_window)]
@@ -276,6 +284,9 @@ pub struct BenchArgs {
     /// Key lengths, crossed with --seq [default: equal to --seq]; decode's cache length.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub kv_seq: Option<Vec<usize>>,
+    /// Tokens per page of the gpu-paged backend (a multiple of 16, 16 to 256).
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
     /// Query lengths of the decode mode (speculative decoding: a few queries) [default: 1].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub q_len: Option<Vec<usize>>,

@@ -12,7 +12,8 @@
 use std::path::Path;
 
 use wgpu_attention::cpu::reference;
-use wgpu_attention::{Attention, Context, DType, HostTensor, Layout, Shape};
+use wgpu_attention::paged::{PagedKvCache, PagedKvConfig};
+use wgpu_attention::{Attention, Context, DType, HostTensor, Layout, Recorder, Shape, Tensor};
 
 use crate::{masks, npy};
 use crate::{CliError, DeviceArg, RunArgs};
@@ -32,8 +33,16 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         DeviceArg::Gpu => {
             let ctx = Context::new()?;
             log::info!("running on {}", ctx.adapter().info.name);
-            let out = wgpu_attention::attention_as(&ctx, &q, &k, &v, &attn, args.dtype.into())?;
-            if let Some(info) = out.info {
+            let (o, lse, info) = match args.page_size {
+                Some(page_size) => {
+                    paged(&ctx, (&q, &k, &v), &attn, args.dtype.into(), page_size, args.page_seed)?
+                }
+                None => {
+                    let out = wgpu_attention::attention_as(&ctx, &q, &k, &v, &attn, args.dtype.into())?;
+                    (out.o.data, out.lse, out.info)
+                }
+            };
+            if let Some(info) = info {
                 eprintln!("wgattn: ran {} ({} key parts merged)", kernel_name(&info), info.n_splits);
             }
             if ctx.background_compiles().pending > 0 {
@@ -42,7 +51,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                     "wgattn: compiling the full kernel in the background for the next run (Ctrl-C skips it)"
                 );
             }
-            (out.o.data, out.lse, Some(ctx))
+            (o, lse, Some(ctx))
         }
         DeviceArg::Cpu => {
             if attn.launch.num_splits.is_some() {
@@ -64,6 +73,62 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         npy::write_f32(path, &[p.batch, p.q_heads, p.q_len], &lse)?;
     }
     Ok(())
+}
+
+/// O (in Q's layout), LSE and what ran.
+type Computed = (Vec<f32>, Vec<f32>, Option<wgpu_attention::CallInfo>);
+
+/// Attention through a paged KV cache: K and V (their first `kv_lens[b]` tokens per sequence)
+/// appended into pages of `page_size` tokens in the shuffled order of `seed`.
+fn paged(
+    ctx: &Context,
+    (q, k, v): (&HostTensor, &HostTensor, &HostTensor),
+    attn: &Attention,
+    dtype: DType,
+    page_size: usize,
+    seed: u64,
+) -> Result<Computed, CliError> {
+    let s = k.shape;
+    let lens: Vec<usize> = match &attn.kv_lens {
+        Some(l) => l.iter().map(|&x| x as usize).collect(),
+        None => vec![s.seq; s.batch],
+    };
+    let pages = lens.iter().map(|l| l.div_ceil(page_size)).sum::<usize>().max(1);
+    let config = PagedKvConfig { pages, page_size, kv_heads: s.heads, head_dim: s.head_dim, dtype };
+    let mut cache = PagedKvCache::new(ctx, config)?;
+    cache.shuffle_free_pages(seed);
+    let (qd, kd, vd) = (
+        Tensor::upload_as(ctx, q, dtype)?,
+        Tensor::upload_as(ctx, k, dtype)?,
+        Tensor::upload_as(ctx, v, dtype)?,
+    );
+    let ids: Vec<_> = (0..s.batch).map(|_| cache.add_sequence()).collect();
+    let mut rec = Recorder::new(ctx);
+    for (b, (&id, &len)) in ids.iter().zip(&lens).enumerate() {
+        if len > 0 {
+            let part = |t: &Tensor| t.narrow(0, b, 1).and_then(|t| t.narrow(2, 0, len));
+            cache.append(&mut rec, &[id], &part(&kd)?, &part(&vd)?)?;
+        }
+    }
+    let mut attn = attn.clone();
+    attn.kv_lens = None; // the cache holds each sequence's length
+    let out = cache.attention(&mut rec, &qd, &ids, &attn)?;
+    rec.submit()?;
+    log::info!("pages of {page_size} tokens, {} in the pool, {} slab(s)", pages, cache.slabs());
+    // O in Q's layout, as the files are
+    let o = out.o.to_host(ctx)?;
+    let sq = q.shape;
+    let mut data = vec![0.0; sq.len()];
+    for b in 0..sq.batch {
+        for h in 0..sq.heads {
+            for i in 0..sq.seq {
+                for d in 0..sq.head_dim {
+                    data[q.layout.offset(sq, b, h, i, d)] = o.at(b, h, i, d);
+                }
+            }
+        }
+    }
+    Ok((data, out.lse.to_host(ctx)?.data, Some(out.info)))
 }
 
 /// "decode", or the fused forward's family and tiles ("fused-register 64x16").
