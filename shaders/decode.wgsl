@@ -8,7 +8,9 @@
 //   K, V     pages [pages, Hkv, P, D] by k_stride / v_stride (page, kv head, token in page): key j
 //            of sequence b is token j mod P of page table[b·table_stride + j / P]. A contiguous
 //            cache [B, Hkv, Nk, D] is the case of one page per sequence (P = Nk, table[b] = b).
-//   aux     u32 [key lengths (B) | ALiBi slopes as f32 bits (Hq) | page table]
+//   aux     u32 [key lengths (B) | ALiBi slopes as f32 bits (Hq) | page table | per slab: (list
+//            start, run length) per sequence, then lists of the sequence's logical pages held in
+//            that slab, in order]
 //   part_o   [rows, n_parts, D], part_lse [rows, n_parts] (natural log; −∞: the part saw no key),
 //            rows (batch − part_batch0, kv head, packed row p = (h − kv_head·G)·Nq + i): the
 //            layout merge.wgsl reads.
@@ -20,10 +22,13 @@
 // constants only (`@unroll` loops, unrolled by src/shader.rs). Workgroup size WG (64) along
 // parts. Loops: only the key-block loop runs a run-time count (≤ L / KB, bounded by the host:
 // lavapipe stops a loop after 65,535 iterations).
-// A dispatch covers parts part0 .. part0 + parts of batches batch0 .. and kv heads kv_head0 ..,
-// sees only keys in [key_lo, key_hi) (the bound window of a cache too large for one binding) and
-// only pages in [page_lo, page_hi) (the bound slab of a page pool); with `resume` a part starts
-// from the state an earlier dispatch stored (a pool in several slabs).
+// A dispatch covers parts part0 .. part0 + parts of batches batch0 .. and kv heads kv_head0 ..
+// of one slab of pages [page_lo, page_hi): each sequence's pages in the slab, listed in key order,
+// form a run of keys that the parts cut into ranges of L (so a pool in several slabs costs no
+// extra work: each dispatch visits only its own pages); a contiguous cache is one slab, one page
+// per sequence, and may be cut further to [key_lo, key_hi) (the bound window of a cache too
+// large for one binding). With `resume` a part starts from the state the previous slab's
+// dispatch stored for it (states merge exactly, whatever keys they saw).
 
 const RB: u32 = 4u; // @param query rows per invocation
 const DV: u32 = 32u; // @param compiled head dim / 4 (a multiple of 8, ≥ the call's)
@@ -79,7 +84,7 @@ struct Params {
     q_base: u32,           // element offset of each bound window, subtracted from indices
     k_base: u32,
     v_base: u32,
-    _pad: u32,
+    list_offset: u32,      // aux index of (list start, run length) per sequence for this slab
     // (36 scalars above: the strides start 16-byte aligned)
     q_stride: vec4<u32>,   // (batch, head, query, -)
     k_stride: vec4<u32>,   // (page, kv head, token, -)
@@ -201,8 +206,12 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
     let part = params.part0 + local_part;
 
     let len_b = aux[b];
+    // the keys this dispatch sees of sequence b: its pages in this slab, in key order, as one
+    // run of `run_len` "slab keys"; slab key u is key list[u / P]·P + u mod P
+    let list_at = aux[params.list_offset + 2u * b];
+    let run_len = aux[params.list_offset + 2u * b + 1u];
     let k_start = max(part * params.keys_per_part, params.key_lo);
-    let k_end = min(min(part * params.keys_per_part + params.keys_per_part, len_b), params.key_hi);
+    let k_end = min(min(part * params.keys_per_part + params.keys_per_part, run_len), params.key_hi);
 
     // the invocation's rows: packed row p = rc·RB + r is query i = p mod Nq of head kvh·G + p / Nq
     var qreg: array<vec4<f32>, RB * DV>;   // query rows pre-scaled by q_scale
@@ -261,11 +270,13 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
     let win_l = i32(min(params.window_left, 2147483647u));
     let win_r = i32(min(params.window_right, 2147483647u));
     let P = params.page_size;
-    for (var k0 = k_start; k0 < k_end; k0 += KB) {
-        // the block's page (KB divides P: a block never straddles two pages)
-        let page = aux[params.table_offset + b * params.table_stride + k0 / P];
+    for (var u0 = k_start; u0 < k_end; u0 += KB) {
+        // the block's page (KB divides P: a block never straddles two pages) and first key
+        let lp = aux[list_at + u0 / P];
+        let page = aux[params.table_offset + b * params.table_stride + lp];
         let in_slab = page >= params.page_lo && page < params.page_hi;
-        let tok = k0 % P;
+        let tok = u0 % P;
+        let k0 = lp * P + tok;
         let kb = page * params.k_stride.x + kvh * params.k_stride.y + tok * params.k_stride.z - params.k_base;
         let vb = page * params.v_stride.x + kvh * params.v_stride.y + tok * params.v_stride.z - params.v_base;
 
@@ -275,7 +286,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         // @unroll
         for (var kk = 0u; kk < KB; kk++) {
             let j = k0 + kk;
-            key_ok[kk] = in_slab && j < k_end;
+            key_ok[kk] = in_slab && u0 + kk < k_end;
             var dots: array<vec4<f32>, RB>;
             // @unroll
             for (var dv = 0u; dv < DV; dv++) {

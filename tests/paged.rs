@@ -76,8 +76,8 @@ fn check_run(ctx: &Context, r: &Run, seed: u64) -> (f64, usize) {
         step += 1;
         // the sequences with tokens left, each taking min(t, what is left): grouped by that count
         let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for i in 0..b {
-            let n = t.min(r.lens[i] - done[i]);
+        for (i, (&len, &d)) in r.lens.iter().zip(&done).enumerate() {
+            let n = t.min(len - d);
             if n > 0 {
                 groups.entry(n).or_default().push(i);
             }

@@ -88,7 +88,7 @@ pub(crate) struct DecodeParams {
     pub q_base: u32,
     pub k_base: u32,
     pub v_base: u32,
-    pub _pad: u32,
+    pub list_offset: u32,
     pub q_stride: [u32; 4],
     pub k_stride: [u32; 4],
     pub v_stride: [u32; 4],
@@ -355,6 +355,33 @@ pub(crate) fn encode(
     }
     let table_offset = meta.len() as u32;
     meta.extend_from_slice(&kv.table);
+    // per slab: (list start, run length) per sequence, then the lists; and each slab's longest run
+    let p_size = kv.page_size;
+    let mut list_offsets = Vec::new();
+    let mut longest_runs = Vec::new();
+    for &(page0, k, _) in &kv.slabs {
+        let page_hi = page0 + k.shape.batch as u32;
+        let header = meta.len();
+        list_offsets.push(header as u32);
+        meta.resize(header + 2 * p.batch, 0);
+        let mut longest = 0;
+        for (b, &len) in kv.lens.iter().enumerate() {
+            let len = len as usize;
+            let start = meta.len();
+            let mut run = 0;
+            for lp in 0..len.div_ceil(p_size) {
+                let page = if kv.contiguous { b as u32 } else { kv.table[b * kv.table_stride + lp] };
+                if (page0..page_hi).contains(&page) {
+                    meta.push(lp as u32);
+                    run += p_size.min(len - lp * p_size);
+                }
+            }
+            meta[header + 2 * b] = start as u32;
+            meta[header + 2 * b + 1] = run as u32;
+            longest = longest.max(run);
+        }
+        longest_runs.push(longest);
+    }
     let meta_bytes = word_bytes(meta.len() as u64);
     if meta_bytes > max_binding {
         return Err(Error::LimitExceeded {
@@ -456,8 +483,14 @@ pub(crate) fn encode(
                 };
                 let (kw, vw) = (Window::new(ctx, k, range), Window::new(ctx, v, range));
                 let (key_lo, key_hi) = if whole_keys { (0, usize::MAX) } else { (c.key_lo, c.key_hi) };
-                let part0 = key_lo / plan.keys_per_part;
-                let part_end = if key_hi >= p.kv_len { plan.n_parts } else { key_hi.div_ceil(plan.keys_per_part) };
+                // a slab of a pool cuts its own runs into the parts (its share of the keys)
+                let keys_per_part = if contiguous {
+                    plan.keys_per_part
+                } else {
+                    longest_runs[slab].div_ceil(plan.n_parts).next_multiple_of(KEY_BLOCK).max(KEY_BLOCK)
+                };
+                let part0 = key_lo / keys_per_part;
+                let part_end = if key_hi >= p.kv_len { plan.n_parts } else { key_hi.div_ceil(keys_per_part) };
                 let parts = (part_end - part0) as u32;
                 let part_groups = parts.div_ceil(WORKGROUP);
                 let dp = DecodeParams {
@@ -472,6 +505,8 @@ pub(crate) fn encode(
                     page_lo,
                     page_hi,
                     resume: (slab > 0) as u32,
+                    keys_per_part: keys_per_part as u32,
+                    list_offset: list_offsets[slab],
                     key_lo: key_lo as u32,
                     key_hi: key_hi.min(u32::MAX as usize) as u32,
                     q_base: qw.base,

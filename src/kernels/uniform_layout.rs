@@ -290,7 +290,7 @@ fn decode_params_match_decode_wgsl() {
         part_groups, keys_per_part, part0, parts, n_parts, part_batch0, part_kv_heads, grid_x,
         wg_offset, page_size, table_stride, table_offset, page_lo, page_hi, resume, key_lo, key_hi,
         causal, window_left, window_right, alibi_offset, scale, softcap, q_base, k_base, v_base,
-        _pad, q_stride, k_stride, v_stride,
+        list_offset, q_stride, k_stride, v_stride,
     });
     check("DecodeParams", &variant.specialised_source().unwrap(), fields);
 }
