@@ -23,7 +23,7 @@
 // parts. Loops: only the key-block loop runs a run-time count (≤ L / KB, bounded by the host:
 // lavapipe stops a loop after 65,535 iterations).
 // A dispatch covers parts part0 .. part0 + parts of batches batch0 .. and kv heads kv_head0 ..
-// of one slab of pages [page_lo, page_hi): each sequence's pages in the slab, listed in key order,
+// of one slab of pages: each sequence's pages in the slab, listed in key order,
 // form a run of keys that the parts cut into ranges of L (so a pool in several slabs costs no
 // extra work: each dispatch visits only its own pages); a contiguous cache is one slab, one page
 // per sequence, and may be cut further to [key_lo, key_hi) (the bound window of a cache too
@@ -70,8 +70,8 @@ struct Params {
     page_size: u32,        // P
     table_stride: u32,     // page-table entries per sequence
     table_offset: u32,     // aux index of the page table
-    page_lo: u32,          // pages bound by this dispatch: page_lo .. page_hi
-    page_hi: u32,
+    _pad0: u32,
+    _pad1: u32,
     resume: u32,           // 1: continue from the stored partial state
     key_lo: u32,           // keys bound by this dispatch: key_lo .. key_hi
     key_hi: u32,
@@ -92,99 +92,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-// @if QKV_TYPE == 0
-// @if VEC4
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
-// @else
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-// @endif
-// @else
-// @if VEC4
-@group(0) @binding(1) var<storage, read> q: array<vec2<u32>>;
-@group(0) @binding(2) var<storage, read> k: array<vec2<u32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec2<u32>>;
-// @else
-@group(0) @binding(1) var<storage, read> q: array<u32>;
-@group(0) @binding(2) var<storage, read> k: array<u32>;
-@group(0) @binding(3) var<storage, read> v: array<u32>;
-// @endif
-// @endif
 @group(0) @binding(4) var<storage, read> aux: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part_o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> part_lse: array<f32>;
 
-// widen4, widen_at
-// @include half.wgsl
-
-// Elements e .. e+3 of Q, K, V from element index `e` of a row (zero past the head dim: those
-// columns only meet zero query columns or O columns never stored). With VEC4 one access.
-// @if VEC4
-fn q4(e: u32, d0: u32) -> vec4<f32> {
-// @if QKV_TYPE == 0
-    let x = q[(e + d0) / 4u];
-// @else
-    let x = widen4(q[(e + d0) / 4u], QKV_TYPE);
-// @endif
-    return select(vec4<f32>(0.0), x, d0 < params.head_dim);
-}
-fn k4(e: u32, d0: u32) -> vec4<f32> {
-// @if QKV_TYPE == 0
-    let x = k[(e + d0) / 4u];
-// @else
-    let x = widen4(k[(e + d0) / 4u], QKV_TYPE);
-// @endif
-    return select(vec4<f32>(0.0), x, d0 < params.head_dim);
-}
-fn v4(e: u32, d0: u32) -> vec4<f32> {
-// @if QKV_TYPE == 0
-    let x = v[(e + d0) / 4u];
-// @else
-    let x = widen4(v[(e + d0) / 4u], QKV_TYPE);
-// @endif
-    return select(vec4<f32>(0.0), x, d0 < params.head_dim);
-}
-// @else
-fn q_at(e: u32) -> f32 {
-// @if QKV_TYPE == 0
-    return q[e];
-// @else
-    return widen_at(q[e >> 1u], e, QKV_TYPE);
-// @endif
-}
-fn k_at(e: u32) -> f32 {
-// @if QKV_TYPE == 0
-    return k[e];
-// @else
-    return widen_at(k[e >> 1u], e, QKV_TYPE);
-// @endif
-}
-fn v_at(e: u32) -> f32 {
-// @if QKV_TYPE == 0
-    return v[e];
-// @else
-    return widen_at(v[e >> 1u], e, QKV_TYPE);
-// @endif
-}
-fn in_dim(d0: u32) -> vec4<bool> {
-    return vec4<u32>(d0) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(params.head_dim);
-}
-fn q4(e: u32, d0: u32) -> vec4<f32> {
-    let x = vec4<f32>(q_at(e + d0), q_at(e + d0 + 1u), q_at(e + d0 + 2u), q_at(e + d0 + 3u));
-    return select(vec4<f32>(0.0), x, in_dim(d0));
-}
-fn k4(e: u32, d0: u32) -> vec4<f32> {
-    let x = vec4<f32>(k_at(e + d0), k_at(e + d0 + 1u), k_at(e + d0 + 2u), k_at(e + d0 + 3u));
-    return select(vec4<f32>(0.0), x, in_dim(d0));
-}
-fn v4(e: u32, d0: u32) -> vec4<f32> {
-    let x = vec4<f32>(v_at(e + d0), v_at(e + d0 + 1u), v_at(e + d0 + 2u), v_at(e + d0 + 3u));
-    return select(vec4<f32>(0.0), x, in_dim(d0));
-}
-// @endif
+// Q, K, V (bindings 1-3) and load4_q / load4_k / load4_v: zero past the head dim (those columns
+// only meet zero query columns or O columns never stored); with VEC4 one access per 4 elements
+// @include qkv_loads.wgsl
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -242,7 +156,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         l[r] = 0.0;
         // @unroll
         for (var dv = 0u; dv < DV; dv++) {
-            qreg[r * DV + dv] = q4(qb, dv * 4u) * q_scale;
+            qreg[r * DV + dv] = load4_q(qb, dv * 4u) * q_scale;
             acc[r * DV + dv] = vec4<f32>(0.0);
         }
     }
@@ -274,7 +188,6 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         // the block's page (KB divides P: a block never straddles two pages) and first key
         let lp = aux[list_at + u0 / P];
         let page = aux[params.table_offset + b * params.table_stride + lp];
-        let in_slab = page >= params.page_lo && page < params.page_hi;
         let tok = u0 % P;
         let k0 = lp * P + tok;
         let kb = page * params.k_stride.x + kvh * params.k_stride.y + tok * params.k_stride.z - params.k_base;
@@ -286,11 +199,11 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         // @unroll
         for (var kk = 0u; kk < KB; kk++) {
             let j = k0 + kk;
-            key_ok[kk] = in_slab && u0 + kk < k_end;
+            key_ok[kk] = u0 + kk < k_end;
             var dots: array<vec4<f32>, RB>;
             // @unroll
             for (var dv = 0u; dv < DV; dv++) {
-                let kx = k4(kb + kk * params.k_stride.z, dv * 4u);
+                let kx = load4_k(kb + kk * params.k_stride.z, dv * 4u);
                 // @unroll
                 for (var r = 0u; r < RB; r++) {
                     dots[r] += qreg[r * DV + dv] * kx;
@@ -343,7 +256,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         for (var kk = 0u; kk < KB; kk++) {
             // @unroll
             for (var dv = 0u; dv < DV; dv++) {
-                let vx = select(vec4<f32>(0.0), v4(vb + kk * params.v_stride.z, dv * 4u), key_ok[kk]);
+                let vx = select(vec4<f32>(0.0), load4_v(vb + kk * params.v_stride.z, dv * 4u), key_ok[kk]);
                 // @unroll
                 for (var r = 0u; r < RB; r++) {
                     acc[r * DV + dv] += pr[r * KB + kk] * vx;

@@ -41,6 +41,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("merge_states.wgsl", include_str!("../shaders/merge_states.wgsl")),
     ("naive.wgsl", include_str!("../shaders/naive.wgsl")),
     ("paged_append.wgsl", include_str!("../shaders/paged_append.wgsl")),
+    ("qkv_loads.wgsl", include_str!("../shaders/qkv_loads.wgsl")),
     ("repack.wgsl", include_str!("../shaders/repack.wgsl")),
     ("score_terms.wgsl", include_str!("../shaders/score_terms.wgsl")),
     ("topk.wgsl", include_str!("../shaders/topk.wgsl")),

@@ -74,8 +74,7 @@ pub(crate) struct DecodeParams {
     pub page_size: u32,
     pub table_stride: u32,
     pub table_offset: u32,
-    pub page_lo: u32,
-    pub page_hi: u32,
+    pub _pad: [u32; 2],
     pub resume: u32,
     pub key_lo: u32,
     pub key_hi: u32,
@@ -370,8 +369,7 @@ pub(crate) fn encode(
             let start = meta.len();
             let mut run = 0;
             for lp in 0..len.div_ceil(p_size) {
-                let page = if kv.contiguous { b as u32 } else { kv.table[b * kv.table_stride + lp] };
-                if (page0..page_hi).contains(&page) {
+                if (page0..page_hi).contains(&kv.table[b * kv.table_stride + lp]) {
                     meta.push(lp as u32);
                     run += p_size.min(len - lp * p_size);
                 }
@@ -463,7 +461,6 @@ pub(crate) fn encode(
         let gnb = plan.batches_per_group.min(p.batch - gb0);
         let qw = Window::new(ctx, q, element_range(q.shape, q.strides, gb0, gnb, 0, p.q_heads));
         for (slab, &(page0, k, v)) in kv.slabs.iter().enumerate() {
-            let pages = k.shape.batch as u32;
             // a contiguous cache is bound in windows as it needs (by batches, K/V heads, key
             // ranges); a pool's slab is bound whole, and sees only its own pages
             let chunks = if contiguous {
@@ -473,8 +470,6 @@ pub(crate) fn encode(
             };
             for c in chunks {
                 let (b_lo, b_n) = if contiguous { (c.b0, c.nb) } else { (gb0, gnb) };
-                let (page_lo, page_hi) =
-                    if contiguous { (c.b0 as u32, (c.b0 + c.nb) as u32) } else { (page0, page0 + pages) };
                 let whole_keys = c.key_lo == 0 && c.key_hi == k.shape.seq;
                 let range = if whole_keys {
                     element_range(k.shape, k.strides, c.b0, c.nb, c.kh0, c.nkh)
@@ -502,8 +497,6 @@ pub(crate) fn encode(
                     part0: part0 as u32,
                     parts,
                     part_batch0: gb0 as u32,
-                    page_lo,
-                    page_hi,
                     resume: (slab > 0) as u32,
                     keys_per_part: keys_per_part as u32,
                     list_offset: list_offsets[slab],

@@ -288,7 +288,7 @@ fn decode_params_match_decode_wgsl() {
     let fields = rust_fields!(DecodeParams {
         q_len, head_dim, group, rows_per_group, batch0, batches, kv_head0, kv_heads, row_chunks,
         part_groups, keys_per_part, part0, parts, n_parts, part_batch0, part_kv_heads, grid_x,
-        wg_offset, page_size, table_stride, table_offset, page_lo, page_hi, resume, key_lo, key_hi,
+        wg_offset, page_size, table_stride, table_offset, _pad, resume, key_lo, key_hi,
         causal, window_left, window_right, alibi_offset, scale, softcap, q_base, k_base, v_base,
         list_offset, q_stride, k_stride, v_stride,
     });

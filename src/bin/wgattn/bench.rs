@@ -951,8 +951,7 @@ impl Runner {
         let page_size = self.page_size;
         let caches = if backend == Backend::GpuPaged {
             let mut caches = Vec::new();
-            for (i, (q, k, v)) in sets.iter().enumerate() {
-                let _ = q;
+            for (i, (_, k, v)) in sets.iter().enumerate() {
                 let ks = k.shape();
                 let config = PagedKvConfig {
                     pages: ks.batch * ks.seq.div_ceil(page_size),

@@ -7,7 +7,7 @@
 //! merges.
 
 use wgpu_attention::cpu::reference;
-use wgpu_attention::{Context, DType, HostTensor, Layout, Shape, Tensor};
+use wgpu_attention::{Context, DType, HostTensor, Layout, Recorder, Shape, Tensor};
 
 use crate::npy;
 use crate::{CliError, DeviceArg, MergeArgs};
@@ -58,21 +58,13 @@ pub fn merge(args: &MergeArgs) -> Result<(), CliError> {
                 ))
             };
             let (a, b) = (up(&o1, &l1)?, up(&o2, &l2)?);
-            let out = wgpu_attention::merge_states(&ctx, (&a.0, &a.1), (&b.0, &b.1))?;
-            let o = out.o.to_host(&ctx)?; // BHSD: back to the files' layout
-            let data = (0..s.len())
-                .map(|e| {
-                    let (d, r) = (e % s.head_dim, e / s.head_dim);
-                    match layout {
-                        Layout::Bhsd => o.data[e],
-                        Layout::Bshd => {
-                            let (h, i, b) = (r % s.heads, (r / s.heads) % s.seq, r / (s.heads * s.seq));
-                            o.at(b, h, i, d)
-                        }
-                    }
-                })
-                .collect();
-            (data, out.lse.to_host(&ctx)?.data)
+            // O in the files' layout, so it comes back in their order
+            let o = Tensor::zeros_as(&ctx, s, layout, dtype)?;
+            let lse = Tensor::zeros(&ctx, lse_shape, Layout::Bhsd)?;
+            let mut rec = Recorder::new(&ctx);
+            rec.merge_states_into((&a.0, &a.1), (&b.0, &b.1), (&o, &lse))?;
+            rec.submit()?;
+            (o.to_host(&ctx)?.data, lse.to_host(&ctx)?.data)
         }
         DeviceArg::Cpu => {
             let r = reference::merge_states(&o1, &l1, &o2, &l2)?;

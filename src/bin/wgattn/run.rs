@@ -115,20 +115,8 @@ fn paged(
     let out = cache.attention(&mut rec, &qd, &ids, &attn)?;
     rec.submit()?;
     log::info!("pages of {page_size} tokens, {} in the pool, {} slab(s)", pages, cache.slabs());
-    // O in Q's layout, as the files are
-    let o = out.o.to_host(ctx)?;
-    let sq = q.shape;
-    let mut data = vec![0.0; sq.len()];
-    for b in 0..sq.batch {
-        for h in 0..sq.heads {
-            for i in 0..sq.seq {
-                for d in 0..sq.head_dim {
-                    data[q.layout.offset(sq, b, h, i, d)] = o.at(b, h, i, d);
-                }
-            }
-        }
-    }
-    Ok((data, out.lse.to_host(ctx)?.data, Some(out.info)))
+    // O is allocated in Q's layout, the files' order
+    Ok((out.o.to_host(ctx)?.data, out.lse.to_host(ctx)?.data, Some(out.info)))
 }
 
 /// "decode", or the fused forward's family and tiles ("fused-register 64x16").
