@@ -198,16 +198,40 @@ pub struct DecodePlan {
     pub batches_per_group: usize,
 }
 
+/// How many invocations fill an adapter, where that is known: on a CPU adapter (lavapipe) each
+/// thread runs whole workgroups, and every part more costs a partial state written and merged
+/// (a per-lane load loop per element there), so eight workgroups per core (measured on a 2-core
+/// Xeon at 512 bits, B1 Hq32 Hkv8 D128, 32k / 128k keys: 1, 2, 4, 8, 16 and 32 workgroups per
+/// core gave 49 / 311, 64 / 317, 55 / 308, 47 / 164, 52 / 182 and 63 / 198 ms; docs/PERFORMANCE.md);
+/// on GPUs `None` (parts as short as `MIN_KEYS_PER_PART`, 64 keys).
+pub(crate) fn fill_invocations(ctx: &Context) -> Option<usize> {
+    let cpu = ctx.adapter().info.device_type == wgpu::DeviceType::Cpu;
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    cpu.then_some(8 * threads * WORKGROUP as usize)
+}
+
 /// Plan a decode call of `p` whose longest sequence has `max_len` keys, with `splits` parts
-/// forced (else chosen), partial buffers within `max_binding` bytes.
-pub fn plan(p: &Problem, max_len: usize, splits: Option<u32>, max_binding: u64) -> Result<DecodePlan> {
+/// forced (else chosen: enough to make `fill` invocations in all where given, else parts of
+/// `MIN_KEYS_PER_PART` (64) keys), partial buffers within `max_binding` bytes.
+pub fn plan(
+    p: &Problem,
+    max_len: usize,
+    splits: Option<u32>,
+    fill: Option<usize>,
+    max_binding: u64,
+) -> Result<DecodePlan> {
     let r = p.group() * p.q_len;
     let rows = r.next_power_of_two().min(ROWS_PER_INVOCATION);
     let n = max_len.max(1);
     let at_least = n.div_ceil(MAX_KEYS_PER_PART);
-    let mut parts = match splits {
-        Some(s) => (s as usize).max(at_least),
-        None => n.div_ceil(MIN_KEYS_PER_PART.max(16 * r)).max(at_least),
+    let shortest = n.div_ceil(MIN_KEYS_PER_PART.max(16 * r));
+    let mut parts = match (splits, fill) {
+        (Some(s), _) => (s as usize).max(at_least),
+        (None, Some(fill)) => {
+            let per_part = p.batch * p.kv_heads * r.div_ceil(rows);
+            fill.div_ceil(per_part).min(shortest).max(at_least)
+        }
+        (None, None) => shortest.max(at_least),
     };
     // the partial states of one batch must fit one binding
     let per_part = word_bytes((p.kv_heads * r * (p.head_dim + 1)) as u64);
@@ -332,7 +356,7 @@ pub(crate) fn encode(
     }
     let limits = ctx.limits();
     let max_binding = limits.max_storage_buffer_binding_size;
-    let plan = plan(p, p.kv_len, attn.launch.num_splits, max_binding)?;
+    let plan = plan(p, p.kv_len, attn.launch.num_splits, fill_invocations(ctx), max_binding)?;
     let (g, r) = (p.group(), p.group() * p.q_len);
     let vec4 = limits.min_storage_buffer_offset_alignment.is_multiple_of(16)
         && std::iter::once(q).chain(kv.slabs.iter().flat_map(|&(_, k, v)| [k, v])).all(repack::vec4_ready);
@@ -549,4 +573,60 @@ pub(crate) fn encode(
     }
     drop(pass);
     Ok(CallInfo::new("decode", None, plan.n_parts as u32, dispatches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(kv_len: usize, q_len: usize) -> Problem {
+        Problem { batch: 1, q_heads: 32, kv_heads: 8, q_len, kv_len, head_dim: 128 }
+    }
+
+    /// Every key lies in exactly one part, and no part runs past the loop bound.
+    fn assert_covers(plan: &DecodePlan, n: usize) {
+        assert_eq!(plan.keys_per_part % KEY_BLOCK, 0);
+        assert!(plan.keys_per_part <= MAX_KEYS_PER_PART);
+        assert!(plan.n_parts * plan.keys_per_part >= n, "{plan:?} misses keys of {n}");
+        assert!((plan.n_parts - 1) * plan.keys_per_part < n, "{plan:?} has an empty last part for {n}");
+    }
+
+    #[test]
+    fn parts_fill_the_adapter() {
+        let max = 128 << 20;
+        for n in [1, 17, 1000, 32_768, 100_003, 131_072] {
+            // GPUs (no fill): parts of at least MIN_KEYS_PER_PART keys, as many as that makes
+            let gpu = plan(&problem(n, 1), n, None, None, max).unwrap();
+            assert_covers(&gpu, n);
+            assert_eq!(gpu.n_parts, n.div_ceil(gpu.keys_per_part));
+            assert!(gpu.keys_per_part >= MIN_KEYS_PER_PART.min(n.next_multiple_of(KEY_BLOCK)), "{gpu:?}");
+            // a CPU adapter asking for 1024 invocations: 8 K/V heads × one row chunk × 128 parts
+            let cpu = plan(&problem(n, 1), n, None, Some(1024), max).unwrap();
+            assert_covers(&cpu, n);
+            assert!(cpu.n_parts <= 128 && cpu.n_parts <= gpu.n_parts, "{cpu:?} vs {gpu:?}");
+            if n >= 128 * MIN_KEYS_PER_PART {
+                assert_eq!(cpu.n_parts, 128);
+            }
+            // Nq 4: 16 rows in 4 chunks of 4, so a quarter of the parts
+            let cpu4 = plan(&problem(n, 4), n, None, Some(1024), max).unwrap();
+            assert_covers(&cpu4, n);
+            assert_eq!(cpu4.rows, ROWS_PER_INVOCATION);
+            assert!(cpu4.n_parts <= 32);
+        }
+    }
+
+    #[test]
+    fn forced_splits_and_limits() {
+        let max = 128 << 20;
+        for splits in [1, 2, 3, 7, 64] {
+            let p = plan(&problem(100_003, 1), 100_003, Some(splits), Some(1024), max).unwrap();
+            assert_covers(&p, 100_003);
+            // forced: that many parts, except where fewer would exceed the loop bound
+            assert_eq!(p.n_parts, (splits as usize).max(100_003usize.div_ceil(MAX_KEYS_PER_PART)));
+        }
+        // partial states larger than the binding: fewer parts, then an error
+        let p = plan(&problem(1 << 20, 1), 1 << 20, None, None, 1 << 20).unwrap();
+        assert_covers(&p, 1 << 20);
+        assert!(matches!(plan(&problem(1 << 24, 1), 1 << 24, None, None, 1 << 14), Err(Error::LimitExceeded { .. })));
+    }
 }
