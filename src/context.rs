@@ -329,7 +329,7 @@ pub(crate) struct PipelineKey {
 }
 
 /// The driver's pipeline cache (wgpu's `PIPELINE_CACHE`: Vulkan drivers) and the file it is
-/// kept in: `<cache folder>/pipelines-<wgpu's key for the adapter and driver>-wgpu<release>.bin`.
+/// kept in: `<cache folder>/pipelines-<wgpu's key>-<hash of the adapter's name and driver>-wgpu<release>.bin`.
 /// Read when the context opens, written again after each new pipeline.
 struct PipelineCache {
     cache: wgpu::PipelineCache,
@@ -350,7 +350,13 @@ impl PipelineCache {
             return None;
         }
         let key = wgpu::util::pipeline_cache_key(info)?;
-        let path = dir?.join(format!("pipelines-{key}-wgpu{}.bin", crate::tune::WGPU_VERSION));
+        // wgpu's key is the vendor and device ids, which llvmpipe at 256 and at 512 bits share
+        // (`LP_NATIVE_VECTOR_WIDTH`), and the driver takes the other width's binaries from it:
+        // measured, a 256-bit decode kernel served to a 512-bit device. The adapter's name (it
+        // says the width) and driver strings keep them apart.
+        let adapter =
+            crate::shader::fnv1a(format!("{}|{}|{}", info.name, info.driver, info.driver_info).as_bytes());
+        let path = dir?.join(format!("pipelines-{key}-{adapter:016x}-wgpu{}.bin", crate::tune::WGPU_VERSION));
         let data = std::fs::read(&path).ok();
         // SAFETY: the data is what `get_data` wrote for an adapter of the same key (the file name),
         // and `fallback` makes the driver start empty if it rejects it.

@@ -201,8 +201,9 @@ pub struct DecodePlan {
 /// How many invocations fill an adapter, where that is known: on a CPU adapter (lavapipe) each
 /// thread runs whole workgroups, and every part more costs a partial state written and merged
 /// (a per-lane load loop per element there), so eight workgroups per core (measured on a 2-core
-/// Xeon at 512 bits, B1 Hq32 Hkv8 D128, 32k / 128k keys: 1, 2, 4, 8, 16 and 32 workgroups per
-/// core gave 49 / 311, 64 / 317, 55 / 308, 47 / 164, 52 / 182 and 63 / 198 ms; docs/PERFORMANCE.md);
+/// Xeon, the kernel compiled at 256 bits, B1 Hq32 Hkv8 D128, 32k / 128k keys: 1, 2, 4, 8, 16 and
+/// 32 workgroups per core gave 49 / 311, 64 / 317, 55 / 308, 47 / 164, 52 / 182 and 63 / 198 ms;
+/// docs/PERFORMANCE.md);
 /// on GPUs `None` (parts as short as `MIN_KEYS_PER_PART`, 64 keys).
 pub(crate) fn fill_invocations(ctx: &Context) -> Option<usize> {
     let cpu = ctx.adapter().info.device_type == wgpu::DeviceType::Cpu;
