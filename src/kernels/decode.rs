@@ -202,12 +202,16 @@ pub struct DecodePlan {
 /// thread runs whole workgroups, and every part more costs a partial state written and merged
 /// (a per-lane load loop per element there), so eight workgroups per core (measured on a 2-core
 /// Xeon, the kernel compiled at 256 bits, B1 Hq32 Hkv8 D128, 32k / 128k keys: 1, 2, 4, 8, 16 and
-/// 32 workgroups per core gave 49 / 311, 64 / 317, 55 / 308, 47 / 164, 52 / 182 and 63 / 198 ms;
-/// docs/PERFORMANCE.md);
+/// 32 workgroups per core gave 49 / 311, 64 / 317, 55 / 308, 47 / 164, 52 / 182 and 63 / 198 ms
+/// with `wgattn bench --backend gpu-decode --mode decode --seq 1 --kv-seq 32768,131072 --q-len 1
+/// --head-dim 128 --heads 32 --kv-heads 8 --reps 5` and a temporary override of this count, since
+/// removed; docs/PERFORMANCE.md);
 /// on GPUs `None` (parts as short as `MIN_KEYS_PER_PART`, 64 keys).
 pub(crate) fn fill_invocations(ctx: &Context) -> Option<usize> {
+    // asked once per process: decode calls come thousands of times per answer
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cpu = ctx.adapter().info.device_type == wgpu::DeviceType::Cpu;
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     cpu.then_some(8 * threads * WORKGROUP as usize)
 }
 
