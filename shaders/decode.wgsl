@@ -1,6 +1,9 @@
 // decode.wgsl: attention for short queries (Nq ≤ 16) against a long K/V cache, FlashDecoding
 // style: the cache is cut into many key ranges ("parts"), each reduced by one invocation to a
 // partial state (O, LSE) of its rows; merge.wgsl combines the parts exactly by log-sum-exp.
+// This is the CPU adapters' kernel (an invocation is a SIMD lane there, streaming its own key
+// range); decode_split_d.wgsl does the same work with the head dim split across a subgroup's
+// lanes, for GPUs (and on CPU adapters where a K/V head has more rows than one invocation holds).
 //
 // Tensor layout (Q, K, V of QKV_TYPE: f32, f16 or bf16 (half.wgsl); partials f32; element strides
 // in `params`, the head-dim stride always 1):
@@ -39,66 +42,8 @@ const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
 const QKV_TYPE: u32 = 0u; // @param element type of Q, K and V: 0 f32, 1 f16, 2 bf16 (half.wgsl)
 
 const KB: u32 = 4u; // @param keys per block (page sizes are multiples of it)
-const LOG2E: f32 = 1.4426950408889634;
-const LN2: f32 = 0.6931471805599453;
-const MASKED: f32 = -1.0e30;
-const MASKED_CUT: f32 = -1.0e29;
-const NONE: u32 = 0xffffffffu;
-
-// soft_cap, alibi_bias, causal_offset, key_visible
-// @include score_terms.wgsl
-
-struct Params {
-    q_len: u32,
-    head_dim: u32,
-    group: u32,            // query heads per kv head
-    rows_per_group: u32,   // G·Nq
-    batch0: u32,           // chunk: batches batch0 .. + batches, kv heads kv_head0 .. + kv_heads
-    batches: u32,
-    kv_head0: u32,
-    kv_heads: u32,
-    row_chunks: u32,       // ceil(G·Nq / RB)
-    part_groups: u32,      // ceil(parts / WG)
-    keys_per_part: u32,    // L, a multiple of KB
-    part0: u32,            // first part of this dispatch
-    parts: u32,            // parts of this dispatch per (batch, kv head, row chunk)
-    n_parts: u32,          // parts in all (the partials' stride)
-    part_batch0: u32,      // first batch the partial buffers hold
-    part_kv_heads: u32,    // kv heads the partial buffers hold per batch
-    grid_x: u32,
-    wg_offset: u32,        // linear id of this dispatch's first workgroup
-    page_size: u32,        // P
-    table_stride: u32,     // page-table entries per sequence
-    table_offset: u32,     // aux index of the page table
-    _pad0: u32,
-    _pad1: u32,
-    resume: u32,           // 1: continue from the stored partial state
-    key_lo: u32,           // keys bound by this dispatch: key_lo .. key_hi
-    key_hi: u32,
-    causal: u32,           // 0 none, 1 top-left, 2 bottom-right
-    window_left: u32,      // NONE: unbounded
-    window_right: u32,
-    alibi_offset: u32,     // aux index of slope 0
-    scale: f32,
-    softcap: f32,
-    q_base: u32,           // element offset of each bound window, subtracted from indices
-    k_base: u32,
-    v_base: u32,
-    list_offset: u32,      // aux index of (list start, run length) per sequence for this slab
-    // (36 scalars above: the strides start 16-byte aligned)
-    q_stride: vec4<u32>,   // (batch, head, query, -)
-    k_stride: vec4<u32>,   // (page, kv head, token, -)
-    v_stride: vec4<u32>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(4) var<storage, read> aux: array<u32>;
-@group(0) @binding(5) var<storage, read_write> part_o: array<f32>;
-@group(0) @binding(6) var<storage, read_write> part_lse: array<f32>;
-
-// Q, K, V (bindings 1-3) and load4_q / load4_k / load4_v: zero past the head dim (those columns
-// only meet zero query columns or O columns never stored); with VEC4 one access per 4 elements
-// @include qkv_loads.wgsl
+// Params, bindings, loads, decode_score
+// @include decode_common.wgsl
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -211,16 +156,8 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
             }
             // @unroll
             for (var r = 0u; r < RB; r++) {
-                var x = dots[r].x + dots[r].y + dots[r].z + dots[r].w;
-// @if SOFTCAP
-                x = soft_cap(x, params.softcap) * LOG2E;
-// @endif
-// @if ALIBI
-                x -= slope[r] * abs(f32(pos[r] - i32(j))) * LOG2E;
-// @endif
-                let dist = pos[r] - i32(j);
-                let vis = key_ok[kk] && i32(j) <= cut[r] && dist <= win_l && -dist <= win_r;
-                s[r * KB + kk] = select(MASKED, x, vis);
+                let x = dots[r].x + dots[r].y + dots[r].z + dots[r].w;
+                s[r * KB + kk] = decode_score(x, j, key_ok[kk], pos[r], cut[r], slope[r], win_l, win_r);
             }
         }
 

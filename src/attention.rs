@@ -179,6 +179,9 @@ pub struct Launch {
     /// for calls it takes (at most 16 queries, no mask but a window) when no fused-forward
     /// family is asked for.
     pub path: Option<Path>,
+    /// Run this decode kernel ([`crate::DecodeKernel`]) on [`Path::Decode`] calls; `None`
+    /// chooses: the split-D kernel on GPUs with subgroups, the key-range kernel elsewhere.
+    pub decode_kernel: Option<crate::DecodeKernel>,
     /// Run the kernel a warm context runs even if it has to be compiled now (warm-ups), never
     /// the faster-compiling one of [`crate::FirstCall::Quick`].
     pub(crate) full_kernel: bool,
@@ -224,6 +227,12 @@ impl Attention {
     /// Launch hint: run the decode kernel or the fused forward (see [`Launch::path`]).
     pub fn path(mut self, path: Path) -> Self {
         self.launch.path = Some(path);
+        self
+    }
+
+    /// Launch hint: run decode kernel `kernel` on decode calls (see [`Launch::decode_kernel`]).
+    pub fn decode_kernel(mut self, kernel: crate::DecodeKernel) -> Self {
+        self.launch.decode_kernel = Some(kernel);
         self
     }
 

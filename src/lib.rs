@@ -71,7 +71,7 @@ pub use background::BackgroundCompiles;
 pub use context::{prefer_wide_cpu_vectors, AdapterSummary, Context, ContextOptions, FirstCall, Tuning};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use kernels::decode::{MAX_DECODE_QUERIES, MAX_KEYS_PER_PART};
+pub use kernels::decode::{DecodeKernel, MAX_DECODE_QUERIES, MAX_KEYS_PER_PART};
 pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
 pub use record::{forward, forward_into, merge_states, CallInfo, Output, Recorder, Submission};

@@ -34,6 +34,8 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 pub const FILES: &[(&str, &str)] = &[
     ("attention_common.wgsl", include_str!("../shaders/attention_common.wgsl")),
     ("decode.wgsl", include_str!("../shaders/decode.wgsl")),
+    ("decode_common.wgsl", include_str!("../shaders/decode_common.wgsl")),
+    ("decode_split_d.wgsl", include_str!("../shaders/decode_split_d.wgsl")),
     ("flash_forward.wgsl", include_str!("../shaders/flash_forward.wgsl")),
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
     ("half.wgsl", include_str!("../shaders/half.wgsl")),

@@ -135,7 +135,7 @@ fn check_run(ctx: &Context, r: &Run, seed: u64) -> (f64, usize) {
     o.fill(ctx, f32::NAN).unwrap();
     lse.fill(ctx, f32::NAN).unwrap();
     let info = cache.attention_into(&mut rec, &qd, &ids, &r.attn, (&o, &lse)).unwrap();
-    assert_eq!(info.kernel, "decode");
+    assert!(info.kernel.starts_with("decode"), "{info:?}");
     rec.submit().unwrap();
     let (o, lse) = (o.to_host(ctx).unwrap(), lse.to_host(ctx).unwrap());
     let (rel, max_abs) = reference::compare(&o.data, &want.o);

@@ -175,9 +175,41 @@ fn decode_specialisations_validate() {
             for qkv in [DType::F32, DType::F16, DType::BF16] {
                 for (vec4, softcap, alibi) in [(true, false, false), (false, true, true), (true, true, false)]
                 {
-                    let v = DecodeVariant { rows, d_pad, vec4, softcap, alibi, qkv };
+                    let v = DecodeVariant { lanes: 0, rows, d_pad, vec4, softcap, alibi, qkv };
                     v.specialised_source().unwrap_or_else(|e| panic!("{v:?}: {e}"));
                 }
+            }
+        }
+    }
+}
+
+/// Every split-D decode specialisation the launch can choose validates: 1 to 32 lanes (the
+/// adapter's smallest subgroup, at most 32), rows per workgroup 1 to 16, compiled head dims
+/// 32..256; every optional term and dtype once per lane count.
+#[test]
+fn split_d_decode_specialisations_validate() {
+    use wgpu_attention::kernels::decode::DecodeVariant;
+    use wgpu_attention::DType;
+    let bare = |lanes, rows, d_pad| DecodeVariant {
+        lanes,
+        rows,
+        d_pad,
+        vec4: true,
+        softcap: false,
+        alibi: false,
+        qkv: DType::F32,
+    };
+    for lanes in [1, 2, 4, 8, 16, 32] {
+        for rows in [1, 2, 4, 8, 16] {
+            for d_pad in (32..=256).step_by(32) {
+                let v = bare(lanes, rows, d_pad);
+                v.specialised_source().unwrap_or_else(|e| panic!("{v:?}: {e}"));
+            }
+        }
+        for qkv in [DType::F32, DType::F16, DType::BF16] {
+            for vec4 in [true, false] {
+                let v = DecodeVariant { vec4, softcap: true, alibi: true, qkv, ..bare(lanes, 4, 128) };
+                v.specialised_source().unwrap_or_else(|e| panic!("{v:?}: {e}"));
             }
         }
     }

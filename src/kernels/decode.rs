@@ -1,10 +1,14 @@
-//! Launch of `shaders/decode.wgsl`: attention of short queries (Nq ≤ [`MAX_DECODE_QUERIES`])
+//! Launch of the decode kernels: attention of short queries (Nq ≤ [`MAX_DECODE_QUERIES`])
 //! against a long K/V cache, FlashDecoding style.
 //!
-//! The keys of each sequence are cut into `n_parts` ranges of `L` keys; one invocation reduces
-//! one range for up to [`ROWS_PER_INVOCATION`] of the G·Nq query rows that share a K/V head
-//! (GQA packed: each K/V row is read once per that many rows) to a partial (O, LSE), and
-//! `merge.wgsl` combines the parts exactly by log-sum-exp. Keys are read through a page table
+//! The keys of each sequence are cut into `n_parts` ranges of `L` keys; each range is reduced
+//! for a chunk of the G·Nq query rows that share a K/V head (GQA packed: each K/V row is read
+//! once per chunk) to a partial (O, LSE), and `merge.wgsl` combines the parts exactly by
+//! log-sum-exp. Two kernels do the reducing ([`DecodeKernel`]): `shaders/decode.wgsl`, one
+//! invocation per range and up to [`ROWS_PER_INVOCATION`] rows, the head dim whole in its
+//! registers (CPU adapters, where invocations are SIMD lanes); and `shaders/decode_split_d.wgsl`,
+//! one subgroup-sized workgroup per range and up to [`SPLIT_D_ROWS`] rows, the head dim split
+//! across its lanes (GPUs: coalesced K/V rows, few registers per lane). Keys are read through a page table
 //! (key j of sequence b is token j mod P of page `table[b][j / P]`), so a contiguous cache, one
 //! page per sequence, and a paged pool run the same kernel.
 //!
@@ -30,11 +34,17 @@ use crate::shader::Params;
 use crate::tensor::{check_buffer_size, Tensor};
 
 const SOURCE: &str = include_str!("../../shaders/decode.wgsl");
+const SPLIT_D_SOURCE: &str = include_str!("../../shaders/decode_split_d.wgsl");
 
 /// The longest query the decode kernel takes; longer ones run the fused forward.
 pub const MAX_DECODE_QUERIES: usize = 16;
 /// Query rows one invocation owns (fewer when a K/V head has fewer).
 pub const ROWS_PER_INVOCATION: usize = 4;
+/// The most query rows one workgroup of the split-D kernel owns (fewer when a K/V head has
+/// fewer, or where their columns would not fit a GPU's registers: 8 vec4s of each per lane).
+pub const SPLIT_D_ROWS: usize = 16;
+/// The most lanes of a split-D workgroup (its head dim is cut into this many column groups).
+const SPLIT_D_MAX_LANES: u32 = 32;
 /// Keys of one block of the kernel's key loop; page sizes are multiples of it.
 pub const KEY_BLOCK: usize = 4;
 /// Invocations per workgroup (along parts).
@@ -49,7 +59,22 @@ const MAX_PARTS: usize = 16_384;
 const MIN_KEYS_PER_PART: usize = 64;
 const NONE: u32 = u32::MAX;
 
-/// Mirrors `Params` in decode.wgsl.
+/// Which kernel reduces the key ranges of a decode call ([`crate::Attention::decode_kernel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeKernel {
+    /// `decode.wgsl`: one invocation per key range, the head dim of up to 4 query rows whole in
+    /// its private registers. The choice on CPU adapters (lavapipe runs invocations as the lanes
+    /// of SIMD registers, and a lane streaming its own range is what its per-lane loads do best),
+    /// and wherever the adapter has no subgroups.
+    KeyRanges,
+    /// `decode_split_d.wgsl`: one workgroup of as many lanes as the adapter's smallest subgroup
+    /// (at most 32) per key range, the head dim split across the lanes, the dot products summed
+    /// by `subgroupAdd`; K/V rows are read by neighbouring lanes together (coalesced) and a lane
+    /// holds only its columns of up to 8 rows. The choice on GPUs; needs `SUBGROUP`.
+    SplitD,
+}
+
+/// Mirrors `Params` in decode.wgsl and decode_split_d.wgsl (decode_common.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub(crate) struct DecodeParams {
@@ -96,7 +121,9 @@ pub(crate) struct DecodeParams {
 /// The specialisation of one decode pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecodeVariant {
-    /// Query rows per invocation (1, 2 or 4).
+    /// 0: `decode.wgsl`; else `decode_split_d.wgsl` with this many lanes per workgroup.
+    pub lanes: u32,
+    /// Query rows per invocation (1, 2 or 4), or per workgroup of the split-D kernel (1 to 8).
     pub rows: u32,
     /// Compiled head dim (a multiple of 32).
     pub d_pad: u32,
@@ -113,6 +140,20 @@ pub struct DecodeVariant {
 impl DecodeVariant {
     /// The template parameters of decode.wgsl.
     pub fn params(&self) -> Params {
+        if self.lanes > 0 {
+            let dv = self.d_pad / 4;
+            return Params::from([
+                ("RB", self.rows),
+                ("DV", dv),
+                ("T", self.lanes),
+                ("NV", dv.div_ceil(self.lanes)),
+                ("KB", KEY_BLOCK as u32),
+                ("VEC4", self.vec4 as u32),
+                ("SOFTCAP", self.softcap as u32),
+                ("ALIBI", self.alibi as u32),
+                ("QKV_TYPE", self.qkv.shader_code()),
+            ]);
+        }
         Params::from([
             ("RB", self.rows),
             ("DV", self.d_pad / 4),
@@ -127,8 +168,60 @@ impl DecodeVariant {
 
     /// The WGSL of this variant, specialised (for validation).
     pub fn specialised_source(&self) -> Result<String> {
-        crate::shader::specialise("decode.wgsl", SOURCE, &self.params())
+        let (name, source) = self.shader();
+        crate::shader::specialise(name, source, &self.params())
     }
+
+    /// The file this variant specialises.
+    fn shader(&self) -> (&'static str, &'static str) {
+        if self.lanes > 0 {
+            ("decode_split_d.wgsl", SPLIT_D_SOURCE)
+        } else {
+            ("decode.wgsl", SOURCE)
+        }
+    }
+}
+
+/// Lanes of a split-D workgroup on `ctx`'s adapter (its smallest subgroup, at most 32), or 0 for
+/// the key-range kernel, for a call of `rows` query rows per K/V head (G·Nq): what `choice` asks,
+/// else the split-D kernel wherever the adapter has subgroups, except on CPU adapters with
+/// subgroups of fewer than 16 lanes (lavapipe at 256 bits) when one invocation of the key-range
+/// kernel holds all the rows. Measured on lavapipe (2-core Xeon, B1 Hq32 Hkv8 D128, 32k keys,
+/// `wgattn bench --backend gpu-decode --decode-kernel key-ranges|split-d --mode decode --seq 1
+/// --kv-seq 32768 --q-len 1,4 --head-dim 128 --heads 32 --kv-heads 8`, docs/PERFORMANCE.md):
+/// at 256 bits Nq 1 46.8 ms key ranges, 50.1 split-D; Nq 4 188 / 107; at 512 bits Nq 1 96.9 /
+/// 88.4, Nq 4 367 / 150.
+pub(crate) fn kernel_lanes(ctx: &Context, choice: Option<DecodeKernel>, rows: usize) -> Result<u32> {
+    let a = ctx.adapter();
+    let subgroups = a.features.contains(wgpu::Features::SUBGROUP);
+    let lanes = a.info.subgroup_min_size.clamp(1, SPLIT_D_MAX_LANES);
+    let cpu = a.info.device_type == wgpu::DeviceType::Cpu;
+    match choice {
+        Some(DecodeKernel::KeyRanges) => Ok(0),
+        Some(DecodeKernel::SplitD) if !subgroups => Err(Error::UnsupportedFeature {
+            feature: "SUBGROUP",
+            hint: "the split-D decode kernel needs subgroups; DecodeKernel::KeyRanges runs without them",
+        }),
+        Some(DecodeKernel::SplitD) => Ok(lanes),
+        None if !subgroups || (cpu && lanes < 16 && rows <= ROWS_PER_INVOCATION) => Ok(0),
+        None => Ok(lanes),
+    }
+}
+
+/// The most rows of one split-D workgroup with `lanes` lanes at head dim `head_dim`: on CPU
+/// adapters [`SPLIT_D_ROWS`] (a lane's columns of 16 rows stay within the core's L1: 16 KiB per
+/// 8 or 16 lanes at D 128; 16 rows ran Nq 4 in 107 ms against 117 for 8 at 256 bits, 150 against
+/// 203 at 512); on GPUs as many as keep a lane's query and O columns within 8 vec4s each (64
+/// registers), at least 1.
+pub(crate) fn split_d_rows(ctx: &Context, lanes: u32, head_dim: usize) -> usize {
+    if ctx.adapter().info.device_type == wgpu::DeviceType::Cpu {
+        return SPLIT_D_ROWS;
+    }
+    let per_lane = (compiled_head_dim(head_dim) / 4).div_ceil(lanes as usize);
+    (8 / per_lane.max(1)).max(1).next_power_of_two().min(SPLIT_D_ROWS)
+}
+
+impl DecodeVariant {
 }
 
 /// Why a call cannot run the decode kernel, or `None` where it can: at most
@@ -188,7 +281,7 @@ impl<'a> KvPages<'a> {
 /// How one decode call is cut up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodePlan {
-    /// Rows per invocation.
+    /// Rows per invocation (per workgroup for the split-D kernel).
     pub rows: usize,
     /// Keys per part (a multiple of [`KEY_BLOCK`]).
     pub keys_per_part: usize,
@@ -216,17 +309,20 @@ pub(crate) fn fill_invocations(ctx: &Context) -> Option<usize> {
 }
 
 /// Plan a decode call of `p` whose longest sequence has `max_len` keys, with `splits` parts
-/// forced (else chosen: enough to make `fill` invocations in all where given, else parts of
-/// `MIN_KEYS_PER_PART` (64) keys), partial buffers within `max_binding` bytes.
+/// forced (else chosen: enough to make `fill` units (invocations of the key-range kernel,
+/// workgroups of the split-D one) of one part and one chunk of at most `max_rows` rows each in
+/// all where given, else parts of `MIN_KEYS_PER_PART` (64) keys), partial buffers within
+/// `max_binding` bytes.
 pub fn plan(
     p: &Problem,
     max_len: usize,
     splits: Option<u32>,
     fill: Option<usize>,
     max_binding: u64,
+    max_rows: usize,
 ) -> Result<DecodePlan> {
     let r = p.group() * p.q_len;
-    let rows = r.next_power_of_two().min(ROWS_PER_INVOCATION);
+    let rows = r.next_power_of_two().min(max_rows);
     let n = max_len.max(1);
     let at_least = n.div_ceil(MAX_KEYS_PER_PART);
     let shortest = n.div_ceil(MIN_KEYS_PER_PART.max(16 * r));
@@ -361,11 +457,18 @@ pub(crate) fn encode(
     }
     let limits = ctx.limits();
     let max_binding = limits.max_storage_buffer_binding_size;
-    let plan = plan(p, p.kv_len, attn.launch.num_splits, fill_invocations(ctx), max_binding)?;
+    let lanes = kernel_lanes(ctx, attn.launch.decode_kernel, p.group() * p.q_len)?;
+    // units of work: invocations of the key-range kernel, workgroups of `lanes` of the split-D one
+    let (fill, max_rows, parts_per_workgroup) = match lanes {
+        0 => (fill_invocations(ctx), ROWS_PER_INVOCATION, WORKGROUP),
+        t => (fill_invocations(ctx).map(|n| n / t as usize), split_d_rows(ctx, t, p.head_dim), 1),
+    };
+    let plan = plan(p, p.kv_len, attn.launch.num_splits, fill, max_binding, max_rows)?;
     let (g, r) = (p.group(), p.group() * p.q_len);
     let vec4 = limits.min_storage_buffer_offset_alignment.is_multiple_of(16)
         && std::iter::once(q).chain(kv.slabs.iter().flat_map(|&(_, k, v)| [k, v])).all(repack::vec4_ready);
     let variant = DecodeVariant {
+        lanes,
         rows: plan.rows as u32,
         d_pad: compiled_head_dim(p.head_dim) as u32,
         vec4,
@@ -373,7 +476,8 @@ pub(crate) fn encode(
         alibi: attn.alibi_slopes.is_some(),
         qkv: q.dtype,
     };
-    let pipeline = pipeline(ctx, "decode.wgsl", SOURCE, &variant.params())?;
+    let (shader, source) = variant.shader();
+    let pipeline = pipeline(ctx, shader, source, &variant.params())?;
 
     // meta: key lengths, ALiBi slopes, page table
     let mut meta = kv.lens.clone();
@@ -516,7 +620,7 @@ pub(crate) fn encode(
                 let part0 = key_lo / keys_per_part;
                 let part_end = if key_hi >= p.kv_len { plan.n_parts } else { key_hi.div_ceil(keys_per_part) };
                 let parts = (part_end - part0) as u32;
-                let part_groups = parts.div_ceil(WORKGROUP);
+                let part_groups = parts.div_ceil(parts_per_workgroup);
                 let dp = DecodeParams {
                     batch0: b_lo as u32,
                     batches: b_n as u32,
@@ -577,7 +681,8 @@ pub(crate) fn encode(
         dispatches += merge::encode(ctx, &mut pass, mp, &bufs, o.dtype)?;
     }
     drop(pass);
-    Ok(CallInfo::new("decode", None, plan.n_parts as u32, dispatches))
+    let kernel = if lanes > 0 { "decode-split-d" } else { "decode" };
+    Ok(CallInfo::new(kernel, None, plan.n_parts as u32, dispatches))
 }
 
 #[cfg(test)]
@@ -601,19 +706,19 @@ mod tests {
         let max = 128 << 20;
         for n in [1, 17, 1000, 32_768, 100_003, 131_072] {
             // GPUs (no fill): parts of at least MIN_KEYS_PER_PART keys, as many as that makes
-            let gpu = plan(&problem(n, 1), n, None, None, max).unwrap();
+            let gpu = plan(&problem(n, 1), n, None, None, max, ROWS_PER_INVOCATION).unwrap();
             assert_covers(&gpu, n);
             assert_eq!(gpu.n_parts, n.div_ceil(gpu.keys_per_part));
             assert!(gpu.keys_per_part >= MIN_KEYS_PER_PART.min(n.next_multiple_of(KEY_BLOCK)), "{gpu:?}");
             // a CPU adapter asking for 1024 invocations: 8 K/V heads × one row chunk × 128 parts
-            let cpu = plan(&problem(n, 1), n, None, Some(1024), max).unwrap();
+            let cpu = plan(&problem(n, 1), n, None, Some(1024), max, ROWS_PER_INVOCATION).unwrap();
             assert_covers(&cpu, n);
             assert!(cpu.n_parts <= 128 && cpu.n_parts <= gpu.n_parts, "{cpu:?} vs {gpu:?}");
             if n >= 128 * MIN_KEYS_PER_PART {
                 assert_eq!(cpu.n_parts, 128);
             }
             // Nq 4: 16 rows in 4 chunks of 4, so a quarter of the parts
-            let cpu4 = plan(&problem(n, 4), n, None, Some(1024), max).unwrap();
+            let cpu4 = plan(&problem(n, 4), n, None, Some(1024), max, ROWS_PER_INVOCATION).unwrap();
             assert_covers(&cpu4, n);
             assert_eq!(cpu4.rows, ROWS_PER_INVOCATION);
             assert!(cpu4.n_parts <= 32);
@@ -624,14 +729,14 @@ mod tests {
     fn forced_splits_and_limits() {
         let max = 128 << 20;
         for splits in [1, 2, 3, 7, 64] {
-            let p = plan(&problem(100_003, 1), 100_003, Some(splits), Some(1024), max).unwrap();
+            let p = plan(&problem(100_003, 1), 100_003, Some(splits), Some(1024), max, ROWS_PER_INVOCATION).unwrap();
             assert_covers(&p, 100_003);
             // forced: that many parts, except where fewer would exceed the loop bound
             assert_eq!(p.n_parts, (splits as usize).max(100_003usize.div_ceil(MAX_KEYS_PER_PART)));
         }
         // partial states larger than the binding: fewer parts, then an error
-        let p = plan(&problem(1 << 20, 1), 1 << 20, None, None, 1 << 20).unwrap();
+        let p = plan(&problem(1 << 20, 1), 1 << 20, None, None, 1 << 20, ROWS_PER_INVOCATION).unwrap();
         assert_covers(&p, 1 << 20);
-        assert!(matches!(plan(&problem(1 << 24, 1), 1 << 24, None, None, 1 << 14), Err(Error::LimitExceeded { .. })));
+        assert!(matches!(plan(&problem(1 << 24, 1), 1 << 24, None, None, 1 << 14, ROWS_PER_INVOCATION), Err(Error::LimitExceeded { .. })));
     }
 }

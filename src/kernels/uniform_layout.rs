@@ -284,7 +284,7 @@ fn repack_params_match_repack_wgsl() {
 
 #[test]
 fn decode_params_match_decode_wgsl() {
-    let variant = DecodeVariant { rows: 4, d_pad: 64, vec4: true, softcap: true, alibi: true, qkv: crate::DType::F32 };
+    let variant = DecodeVariant { lanes: 0, rows: 4, d_pad: 64, vec4: true, softcap: true, alibi: true, qkv: crate::DType::F32 };
     let fields = rust_fields!(DecodeParams {
         q_len, head_dim, group, rows_per_group, batch0, batches, kv_head0, kv_heads, row_chunks,
         part_groups, keys_per_part, part0, parts, n_parts, part_batch0, part_kv_heads, grid_x,
@@ -292,7 +292,9 @@ fn decode_params_match_decode_wgsl() {
         causal, window_left, window_right, alibi_offset, scale, softcap, q_base, k_base, v_base,
         list_offset, q_stride, k_stride, v_stride,
     });
-    check("DecodeParams", &variant.specialised_source().unwrap(), fields);
+    check("DecodeParams", &variant.specialised_source().unwrap(), fields.clone());
+    let split_d = DecodeVariant { lanes: 8, ..variant };
+    check("DecodeParams", &split_d.specialised_source().unwrap(), fields);
 }
 
 #[test]

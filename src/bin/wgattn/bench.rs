@@ -220,6 +220,8 @@ struct Sweep {
     window: usize,
     /// Tokens per page of gpu-paged.
     page_size: usize,
+    /// Decode kernel of gpu-decode and gpu-paged (`None`: the library's choice).
+    decode_kernel: Option<wgpu_attention::DecodeKernel>,
     /// Calls predicted to take longer are skipped.
     max_call: f64,
 }
@@ -634,6 +636,7 @@ fn resolve(args: &BenchArgs) -> Result<Sweep, CliError> {
         seed: args.seed,
         window: args.window,
         page_size: args.page_size,
+        decode_kernel: args.decode_kernel.map(Into::into),
         max_call: args.max_call_seconds,
     })
 }
@@ -678,6 +681,7 @@ struct Runner {
     seed: u64,
     window: usize,
     page_size: usize,
+    decode_kernel: Option<wgpu_attention::DecodeKernel>,
     max_call: f64,
     /// Contexts autotune the fused family (else they take the adapter's default).
     tune: bool,
@@ -703,6 +707,7 @@ impl Runner {
             seed: sweep.seed,
             window: sweep.window,
             page_size: sweep.page_size,
+            decode_kernel: sweep.decode_kernel,
             max_call: sweep.max_call,
             gpus: HashMap::new(),
             shapes: Vec::new(),
@@ -941,12 +946,16 @@ impl Runner {
             data.device.insert((backend, dt), sets);
         }
         let sets = &data.device[&(backend, dt)];
-        let attn = &match backend {
+        let mut attn = match backend {
             // the fused forward forced, whatever the query length
             Backend::GpuFused => prepared.lowered.clone().path(KernelPath::Prefill),
             Backend::GpuDecode => prepared.native.clone().path(KernelPath::Decode),
             _ => prepared.native.clone(),
         };
+        if let (Some(k), Backend::GpuDecode | Backend::GpuPaged) = (self.decode_kernel, backend) {
+            attn = attn.decode_kernel(k);
+        }
+        let attn = &attn;
         // gpu-paged: each set's K and V appended to a cache of its own (outside the timing)
         let page_size = self.page_size;
         let caches = if backend == Backend::GpuPaged {
@@ -1011,8 +1020,12 @@ impl Runner {
         let peak = q.device_bytes() + k.device_bytes() + v.device_bytes() + allocated;
         let kernel = match backend {
             Backend::GpuFused => fused_name(info.get(), attn),
-            Backend::GpuDecode => format!("decode parts{}", info.get().map_or(0, |i| i.n_splits)),
-            Backend::GpuPaged => format!("paged P{page_size} parts{}", info.get().map_or(0, |i| i.n_splits)),
+            Backend::GpuDecode => {
+                info.get().map_or("decode".into(), |i| format!("{} parts{}", i.kernel, i.n_splits))
+            }
+            Backend::GpuPaged => info
+                .get()
+                .map_or("paged".into(), |i| format!("paged P{page_size} {} parts{}", i.kernel, i.n_splits)),
             _ => "naive-3pass".to_string(),
         };
         let info = &ctx.adapter().info;

@@ -215,6 +215,10 @@ pub struct RunArgs {
     /// GPU only: split the key range into N parts (default: automatic).
     #[arg(long, value_name = "N")]
     pub num_splits: Option<u32>,
+    /// Decode kernel of a decode call (Nq ≤ 16, or any Nq through --page-size): key-ranges or
+    /// split-d (see `wgattn bench --help`) [default: the library's choice for the adapter].
+    #[arg(long, value_name = "KERNEL")]
+    pub decode_kernel: Option<DecodeKernelArg>,
     /// Load K and V into a paged KV cache with pages of P tokens (a multiple of 16, 16 to 256) in
     /// a shuffled physical order and run attention through it (the decode kernel; masks: causal,
     /// --kv-lens, --window only).
@@ -287,6 +291,11 @@ pub struct BenchArgs {
     /// Tokens per page of the gpu-paged backend (a multiple of 16, 16 to 256).
     #[arg(long, default_value_t = 16)]
     pub page_size: usize,
+    /// Decode kernel of gpu-decode and gpu-paged: key-ranges (one invocation per key range: CPU
+    /// adapters) or split-d (the head dim across a subgroup's lanes: GPUs) [default: the
+    /// library's choice for the adapter].
+    #[arg(long, value_name = "KERNEL")]
+    pub decode_kernel: Option<DecodeKernelArg>,
     /// Query lengths of the decode mode (speculative decoding: a few queries) [default: 1].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub q_len: Option<Vec<usize>>,
@@ -462,4 +471,22 @@ fn main() -> ExitCode {
 /// `msg` on one line: wgpu's validation errors span several.
 pub(crate) fn one_line(msg: &str) -> String {
     msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// `--decode-kernel`: [`wgpu_attention::DecodeKernel`] by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecodeKernelArg {
+    /// `DecodeKernel::KeyRanges`
+    KeyRanges,
+    /// `DecodeKernel::SplitD`
+    SplitD,
+}
+
+impl From<DecodeKernelArg> for wgpu_attention::DecodeKernel {
+    fn from(k: DecodeKernelArg) -> Self {
+        match k {
+            DecodeKernelArg::KeyRanges => wgpu_attention::DecodeKernel::KeyRanges,
+            DecodeKernelArg::SplitD => wgpu_attention::DecodeKernel::SplitD,
+        }
+    }
 }

@@ -158,6 +158,9 @@ fn options(args: &RunArgs) -> Result<Attention, CliError> {
     if let Some(cap) = args.softcap {
         attn = attn.softcap(cap);
     }
+    if let Some(k) = args.decode_kernel {
+        attn = attn.decode_kernel(k.into());
+    }
     if let Some(n) = args.num_splits {
         attn = attn.num_splits(n);
     }
