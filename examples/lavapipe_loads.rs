@@ -3,9 +3,11 @@
 //!
 //!     cargo run --release --example lavapipe_loads
 //!
-//! 64 workgroups of 8 invocations; each invocation reads 2048 rows of 16 vec4s (a D = 64 row
-//! each), the rows of its lane spread over a 4 MiB table, and sums them (so nothing is optimised
-//! away). Prints the best of 4 wall times per dispatch and the time per vec4 load per invocation.
+//! 64 workgroups of as many invocations as the adapter's subgroup has lanes (at least 8: 8 on
+//! lavapipe at 256 bits, 16 at 512, so every SIMD lane works); each invocation reads 2048 rows of
+//! 16 vec4s (a D = 64 row each), the rows of its lane spread over a 4 MiB table, and sums them
+//! (so nothing is optimised away). Prints the best of 4 wall times per dispatch and the time per
+//! vec4 load per invocation.
 //! Measured figures: docs/LAVAPIPE.md.
 
 use wgpu_attention::Context;
@@ -14,14 +16,14 @@ use wgpu_attention::Context;
 const KERNEL: &str = r#"
 @group(0) @binding(1) var<storage, read_write> sums: array<vec4<f32>>;
 
-@compute @workgroup_size(8)
+@compute @workgroup_size(LANES)
 fn main(@builtin(local_invocation_index) lane: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     var acc = vec4<f32>(0.0);
     for (var b = 0u; b < 2048u; b++) {
-        let row = ((wg.x * 2048u + b) * 8u + lane) % 65536u;
+        let row = ((wg.x * 2048u + b) * LANESu + lane) % 65536u;
         BODY
     }
-    sums[wg.x * 8u + lane] = acc;
+    sums[wg.x * LANESu + lane] = acc;
 }
 "#;
 
@@ -32,16 +34,19 @@ const WIDTH: u32 = 4096;
 fn main() {
     let ctx = Context::new().expect("an adapter (apt-get install mesa-vulkan-drivers)");
     println!("adapter: {}", ctx.adapter().info.name);
-    let buffer_ms = time(&ctx, false);
-    let texture_ms = time(&ctx, true);
-    let loads = (WORKGROUPS * 8 * 2048 * 16) as f64;
+    let lanes = ctx.adapter().info.subgroup_min_size.max(8);
+    println!("workgroups of {lanes} invocations");
+    let buffer_ms = time(&ctx, false, lanes);
+    let texture_ms = time(&ctx, true, lanes);
+    let loads = (WORKGROUPS * lanes * 2048 * 16) as f64;
     for (what, ms) in [("storage buffer", buffer_ms), ("rgba32float texture", texture_ms)] {
         println!("{what:<20} {ms:7.1} ms  {:.2} ns per vec4 load per invocation", ms * 1e6 / loads);
     }
 }
 
-/// Best wall time of 4 dispatches reading through a texture (`texture`) or a storage buffer.
-fn time(ctx: &Context, texture: bool) -> f64 {
+/// Best wall time of 4 dispatches of workgroups of `lanes` invocations reading through a texture
+/// (`texture`) or a storage buffer.
+fn time(ctx: &Context, texture: bool, lanes: u32) -> f64 {
     let device = ctx.device();
     let body: String = (0..16)
         .map(|dv| {
@@ -58,7 +63,7 @@ fn time(ctx: &Context, texture: bool) -> f64 {
     } else {
         "@group(0) @binding(0) var<storage, read> table: array<vec4<f32>>;"
     };
-    let source = format!("{binding}\n{}", KERNEL.replace("BODY", &body));
+    let source = format!("{binding}\n{}", KERNEL.replace("BODY", &body).replace("LANES", &lanes.to_string()));
 
     // the table, as a buffer and copied into a texture of WIDTH texels per row
     let values: Vec<f32> = (0..TEXELS * 4).map(|i| (i % 97) as f32).collect();
@@ -98,7 +103,7 @@ fn time(ctx: &Context, texture: bool) -> f64 {
     let view = table_texture.create_view(&Default::default());
     let sums = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("sums"),
-        size: (WORKGROUPS * 8 * 16) as u64,
+        size: (WORKGROUPS * lanes * 16) as u64,
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });

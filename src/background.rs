@@ -315,20 +315,23 @@ fn compile(ctx: &Context, request: &Request) -> Result<()> {
 #[derive(Clone, Debug)]
 pub(crate) struct Marks {
     dir: PathBuf,
-    /// Adapter, driver, wgpu release and kernel revision: what else makes a compile differ.
+    /// Adapter, driver, wgpu release, kernel revision and Mesa's cache folder: what else makes a
+    /// compile differ, or where it is kept (a mark made with one Mesa cache folder says nothing
+    /// of another: prefer_wide_cpu_vectors gives 512-bit lavapipe its own).
     adapter: String,
 }
 
 impl Marks {
     pub(crate) fn new(cache_dir: &Path, info: &wgpu::AdapterInfo) -> Self {
         let adapter = format!(
-            "{}|{}|{}|{:?}|wgpu{}|k{}",
+            "{}|{}|{}|{:?}|wgpu{}|k{}|{:?}",
             info.name,
             info.driver,
             info.driver_info,
             info.backend,
             crate::tune::WGPU_VERSION,
-            crate::tune::KERNELS_REVISION
+            crate::tune::KERNELS_REVISION,
+            std::env::var_os("MESA_SHADER_CACHE_DIR"),
         );
         Self { dir: cache_dir.join("compiled"), adapter }
     }

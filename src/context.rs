@@ -224,9 +224,15 @@ impl ContextOptions {
 /// already set, and returns whether it did. llvmpipe defaults to 256 bits; at 512 its subgroups
 /// have 16 lanes and the register kernels get AVX-512's 32 vector registers, which on the Zen 4
 /// machine of docs/LAVAPIPE.md made the fused forward 1.5× faster (D 64, N 4096). The adapter's
-/// name then ends in "512 bits", so the tuning cache keeps the two apart. No effect on other
-/// adapters, or once the driver is loaded (it reads the variable once): call it first thing in
-/// `main`. `wgattn` does.
+/// name then ends in "512 bits", so the tuning cache keeps the two apart. Mesa's disk shader
+/// cache does not: its key has no vector width, and it serves a kernel compiled at one width to a
+/// process at the other (correct results, the other width's speed: the decode kernel compiled at
+/// 512 bits ran 88 ms in a 256-bit process where its own compile ran 44.5, docs/LAVAPIPE.md). So
+/// where it sets the width this also points `MESA_SHADER_CACHE_DIR`, unless set, at a folder of
+/// the 512-bit binaries' own (`$XDG_CACHE_HOME/mesa-512-bit`, else `~/.cache/mesa-512-bit`; Mesa
+/// adds `mesa_shader_cache` below it). Whoever sets `LP_NATIVE_VECTOR_WIDTH` themselves should
+/// give each width its own `MESA_SHADER_CACHE_DIR` too. No effect on other adapters, or once the
+/// driver is loaded (it reads the variables once): call it first thing in `main`. `wgattn` does.
 ///
 /// ```
 /// // first in main: SAFETY: no other thread exists yet
@@ -244,6 +250,15 @@ pub unsafe fn prefer_wide_cpu_vectors() -> bool {
         return false;
     }
     std::env::set_var(VAR, "512");
+    const CACHE: &str = "MESA_SHADER_CACHE_DIR";
+    if std::env::var_os(CACHE).is_none() {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")));
+        if let Some(base) = base {
+            std::env::set_var(CACHE, base.join("mesa-512-bit"));
+        }
+    }
     true
 }
 
