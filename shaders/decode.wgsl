@@ -41,7 +41,7 @@ const SOFTCAP: u32 = 0u; // @param 1: the call soft-caps logits
 const ALIBI: u32 = 0u; // @param 1: the call adds ALiBi biases
 const QKV_TYPE: u32 = 0u; // @param element type of Q, K and V: 0 f32, 1 f16, 2 bf16 (half.wgsl)
 
-const KB: u32 = 4u; // @param keys per block (page sizes are multiples of it)
+const KB: u32 = 4u; // @param keys per block: 4, one vec4 of scores (page sizes are multiples of it)
 // Params, bindings, loads, decode_score
 // @include decode_common.wgsl
 
@@ -139,7 +139,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
         let vb = page * params.v_stride.x + kvh * params.v_stride.y + tok * params.v_stride.z - params.v_base;
 
         // scores of the block's keys for every row
-        var s: array<f32, RB * KB>;
+        var s: array<vec4<f32>, RB>;   // the block's scores, key kk in component kk
         var key_ok: array<bool, KB>;
         // @unroll
         for (var kk = 0u; kk < KB; kk++) {
@@ -157,33 +157,21 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
             // @unroll
             for (var r = 0u; r < RB; r++) {
                 let x = dots[r].x + dots[r].y + dots[r].z + dots[r].w;
-                s[r * KB + kk] = decode_score(x, j, key_ok[kk], pos[r], cut[r], slope[r], win_l, win_r);
+                s[r][kk] = decode_score(x, j, key_ok[kk], pos[r], cut[r], slope[r], win_l, win_r);
             }
         }
 
         // online softmax: one rescale per block
-        var pr: array<f32, RB * KB>;
+        var pr: array<vec4<f32>, RB>;
         // @unroll
         for (var r = 0u; r < RB; r++) {
-            var mx = m[r];
-            // @unroll
-            for (var kk = 0u; kk < KB; kk++) {
-                mx = max(mx, s[r * KB + kk]);
-            }
-            let alpha = exp2(m[r] - mx);
-            var sum = 0.0;
-            // @unroll
-            for (var kk = 0u; kk < KB; kk++) {
-                let x = s[r * KB + kk];
-                let e = select(0.0, exp2(x - mx), x > MASKED_CUT);
-                pr[r * KB + kk] = e;
-                sum += e;
-            }
-            l[r] = l[r] * alpha + sum;
-            m[r] = mx;
+            let st = softmax_step(m[r], l[r], s[r]);
+            m[r] = st.m;
+            l[r] = st.l;
+            pr[r] = st.p;
             // @unroll
             for (var dv = 0u; dv < DV; dv++) {
-                acc[r * DV + dv] *= alpha;
+                acc[r * DV + dv] *= st.alpha;
             }
         }
 
@@ -196,7 +184,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
                 let vx = select(vec4<f32>(0.0), load4_v(vb + kk * params.v_stride.z, dv * 4u), key_ok[kk]);
                 // @unroll
                 for (var r = 0u; r < RB; r++) {
-                    acc[r * DV + dv] += pr[r * KB + kk] * vx;
+                    acc[r * DV + dv] += pr[r][kk] * vx;
                 }
             }
         }

@@ -1,7 +1,8 @@
 // decode_common.wgsl: what the two decode kernels share, included by decode.wgsl (one invocation
 // per key range, for CPU adapters) and decode_split_d.wgsl (one subgroup per key range, the head
 // dim across its lanes, for GPUs): the uniform `Params` (src/kernels/decode.rs `DecodeParams`),
-// the bindings, the Q/K/V loads and the score of one (row, key) pair after its dot product.
+// the bindings, the Q/K/V loads, the score of one (row, key) pair after its dot product and the
+// online-softmax step over a block of 4 keys (KB = 4 in both kernels).
 // The including kernel defines the @params QKV_TYPE, VEC4, SOFTCAP and ALIBI.
 // Tensor layout: decode.wgsl's header (Q [B, Hq, Nq, D]; K, V pages [pages, Hkv, P, D] read
 // through the page table in `aux`; partial states [rows, n_parts, D] and [rows, n_parts]).
@@ -83,4 +84,21 @@ fn decode_score(x0: f32, j: u32, in_range: bool, pos: i32, cut: i32, slope: f32,
     let dist = pos - i32(j);
     let vis = in_range && i32(j) <= cut && dist <= win_l && -dist <= win_r;
     return select(MASKED, x, vis);
+}
+
+// One online-softmax step of a row over a block of 4 scores `s` (log2 domain, MASKED where
+// hidden), from its running max `m` and sum `l`: the new max and sum, the factor `alpha` the O
+// accumulators are rescaled by, and the block's probabilities exp2(s − max) (0 where hidden).
+struct SoftmaxStep {
+    m: f32,
+    l: f32,
+    alpha: f32,
+    p: vec4<f32>,
+}
+
+fn softmax_step(m: f32, l: f32, s: vec4<f32>) -> SoftmaxStep {
+    let mx = max(m, max(max(s.x, s.y), max(s.z, s.w)));
+    let alpha = exp2(m - mx);
+    let p = select(vec4<f32>(0.0), exp2(s - vec4<f32>(mx)), s > vec4<f32>(MASKED_CUT));
+    return SoftmaxStep(mx, l * alpha + ((p.x + p.y) + (p.z + p.w)), alpha, p);
 }

@@ -157,39 +157,27 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
                 share[r][kk] = (dots[r].x + dots[r].y) + (dots[r].z + dots[r].w);
             }
         }
-        var s: array<f32, RB * KB>;
+        var s: array<vec4<f32>, RB>;   // the block's scores, key kk in component kk
         // @unroll
         for (var r = 0u; r < RB; r++) {
             let dot4 = subgroupAdd(share[r]);
             // @unroll
             for (var kk = 0u; kk < KB; kk++) {
-                s[r * KB + kk] = decode_score(dot4[kk], k0 + kk, key_ok[kk], pos[r], cut[r], slope[r], win_l, win_r);
+                s[r][kk] = decode_score(dot4[kk], k0 + kk, key_ok[kk], pos[r], cut[r], slope[r], win_l, win_r);
             }
         }
 
         // online softmax: one rescale per block
-        var pr: array<f32, RB * KB>;
+        var pr: array<vec4<f32>, RB>;
         // @unroll
         for (var r = 0u; r < RB; r++) {
-            var mx = m[r];
-            // @unroll
-            for (var kk = 0u; kk < KB; kk++) {
-                mx = max(mx, s[r * KB + kk]);
-            }
-            let alpha = exp2(m[r] - mx);
-            var sum = 0.0;
-            // @unroll
-            for (var kk = 0u; kk < KB; kk++) {
-                let x = s[r * KB + kk];
-                let e = select(0.0, exp2(x - mx), x > MASKED_CUT);
-                pr[r * KB + kk] = e;
-                sum += e;
-            }
-            l[r] = l[r] * alpha + sum;
-            m[r] = mx;
+            let st = softmax_step(m[r], l[r], s[r]);
+            m[r] = st.m;
+            l[r] = st.l;
+            pr[r] = st.p;
             // @unroll
             for (var t = 0u; t < NV; t++) {
-                acc[r * NV + t] *= alpha;
+                acc[r * NV + t] *= st.alpha;
             }
         }
 
@@ -202,7 +190,7 @@ fn main(@builtin(workgroup_id) wg_id: vec3<u32>, @builtin(local_invocation_index
                 let vx = select(vec4<f32>(0.0), load4_v(vb + kk * params.v_stride.z, col[t]), key_ok[kk]);
                 // @unroll
                 for (var r = 0u; r < RB; r++) {
-                    acc[r * NV + t] += pr[r * KB + kk] * vx;
+                    acc[r * NV + t] += pr[r][kk] * vx;
                 }
             }
         }

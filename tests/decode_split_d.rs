@@ -126,7 +126,7 @@ fn sixteen_bit_caches() {
 /// tests/paged.rs and above; here they must agree to f32 rounding).
 #[test]
 fn paged_cache_agrees_with_the_key_range_kernel() {
-    use wgpu_attention::{HostTensor, Recorder, Shape, Tensor};
+    use wgpu_attention::{Recorder, Tensor};
     let ctx = common::ctx();
     let (hq, hkv, d, page_size) = (8, 2, 64, 16);
     let lens = [0usize, 1, 17, 1000];
@@ -136,27 +136,18 @@ fn paged_cache_agrees_with_the_key_range_kernel() {
     let mut cache = PagedKvCache::new(ctx, config).unwrap();
     cache.shuffle_free_pages(11);
     let ids: Vec<_> = lens.iter().map(|_| cache.add_sequence()).collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = |shape: Shape| {
-        let data = (0..shape.len())
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect();
-        Tensor::upload(ctx, &HostTensor::new(data, shape, Layout::Bhsd).unwrap()).unwrap()
-    };
+    // random K/V of each sequence and a Q of two queries per sequence, from the tests' generator
     let mut rec = Recorder::new(ctx);
-    for (&id, &n) in ids.iter().zip(&lens) {
+    for (i, (&id, &n)) in ids.iter().zip(&lens).enumerate() {
         if n > 0 {
-            let (k, v) = (random(Shape::new(1, hkv, n, d)), random(Shape::new(1, hkv, n, d)));
+            let (_, k, v) = Case::new(1, n, d).heads(1, hkv, hkv).inputs(40 + i as u64);
+            let (k, v) = (Tensor::upload(ctx, &k).unwrap(), Tensor::upload(ctx, &v).unwrap());
             cache.append(&mut rec, &[id], &k, &v).unwrap();
         }
     }
     rec.submit().unwrap().wait().unwrap();
-    let q = random(Shape::new(lens.len(), hq, 2, d));
+    let (q, _, _) = Case::new(2, 1, d).heads(lens.len(), hq, hkv).inputs(39);
+    let q = Tensor::upload(ctx, &q).unwrap();
     let run = |kernel| {
         let mut rec = Recorder::new(ctx);
         let attn = Attention::new().causal(Causal::BottomRight).decode_kernel(kernel);

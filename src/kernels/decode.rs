@@ -45,7 +45,8 @@ pub const ROWS_PER_INVOCATION: usize = 4;
 pub const SPLIT_D_ROWS: usize = 16;
 /// The most lanes of a split-D workgroup (its head dim is cut into this many column groups).
 const SPLIT_D_MAX_LANES: u32 = 32;
-/// Keys of one block of the kernel's key loop; page sizes are multiples of it.
+/// Keys of one block of the kernels' key loop: 4, the components of the vec4 of scores both
+/// kernels hold per row (decode_common.wgsl `softmax_step`); page sizes are multiples of it.
 pub const KEY_BLOCK: usize = 4;
 /// Invocations per workgroup (along parts).
 const WORKGROUP: u32 = 64;
@@ -218,7 +219,7 @@ pub(crate) fn split_d_rows(ctx: &Context, lanes: u32, head_dim: usize) -> usize 
         return SPLIT_D_ROWS;
     }
     let per_lane = (compiled_head_dim(head_dim) / 4).div_ceil(lanes as usize);
-    (8 / per_lane.max(1)).max(1).next_power_of_two().min(SPLIT_D_ROWS)
+    (8 / per_lane.max(1)).clamp(1, SPLIT_D_ROWS)
 }
 
 impl DecodeVariant {
