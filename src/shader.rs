@@ -38,6 +38,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("decode_split_d.wgsl", include_str!("../shaders/decode_split_d.wgsl")),
     ("flash_forward.wgsl", include_str!("../shaders/flash_forward.wgsl")),
     ("flash_register.wgsl", include_str!("../shaders/flash_register.wgsl")),
+    ("gemm.wgsl", include_str!("../shaders/gemm.wgsl")),
     ("half.wgsl", include_str!("../shaders/half.wgsl")),
     ("merge.wgsl", include_str!("../shaders/merge.wgsl")),
     ("merge_states.wgsl", include_str!("../shaders/merge_states.wgsl")),

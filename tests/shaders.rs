@@ -214,3 +214,39 @@ fn split_d_decode_specialisations_validate() {
         }
     }
 }
+
+/// The GEMM kernel of the attention layer (shaders/gemm.wgsl; not yet launched by the library,
+/// issue 17) validates over its tile shapes, with and without subgroups, vec4 and scalar loads,
+/// the bias, and every input and output dtype.
+#[test]
+fn gemm_specialisations_validate() {
+    const SOURCE: &str = include_str!("../shaders/gemm.wgsl");
+    let mut n = 0;
+    for (xr, sl, c, ku, wg) in
+        [(1, 8, 2, 4, 8), (2, 16, 4, 2, 16), (1, 4, 1, 1, 64), (4, 1, 2, 1, 8), (1, 32, 2, 2, 64)]
+    {
+        for subgroups in [0, 1] {
+            for vec4 in [0, 1] {
+                for (in_type, out_type, bias) in [(0, 0, 0), (0, 0, 1), (1, 1, 1), (2, 0, 1), (2, 2, 0)] {
+                    let params = shader::Params::from([
+                        ("XR", xr),
+                        ("SL", sl),
+                        ("C", c),
+                        ("KU", ku),
+                        ("WG", wg),
+                        ("MB", xr * sl),
+                        ("SUBGROUPS", subgroups),
+                        ("VEC4", vec4),
+                        ("BIAS", bias),
+                        ("IN_TYPE", in_type),
+                        ("OUT_TYPE", out_type),
+                    ]);
+                    shader::specialise("gemm.wgsl", SOURCE, &params)
+                        .unwrap_or_else(|e| panic!("{params:?}: {e}"));
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(n, 100);
+}
