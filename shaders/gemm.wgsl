@@ -26,6 +26,7 @@ const C: u32 = 2u; // @param columns per invocation
 const KU: u32 = 4u; // @param vec4 chunks of K per loop iteration
 const WG: u32 = 8u; // @param invocations per workgroup
 const MB: u32 = 8u; // @param XR * SL: rows of the workgroup's tile
+const_assert MB == XR * SL; // a specialisation with another MB fails validation
 const SUBGROUPS: u32 = 1u; // @param 1: share X rows by subgroup broadcast, 0: load per invocation
 const VEC4: u32 = 0u; // @param 1: X and W read as vec4s (K, strides and bases multiples of 4)
 const BIAS: u32 = 0u; // @param 1: add the bias

@@ -249,4 +249,7 @@ fn gemm_specialisations_validate() {
         }
     }
     assert_eq!(n, 100);
+    // MB is derived (XR·SL): a specialisation that disagrees is refused, not miscomputed
+    let wrong = shader::Params::from([("XR", 2), ("SL", 8), ("MB", 8)]);
+    assert!(shader::specialise("gemm.wgsl", SOURCE, &wrong).is_err());
 }
