@@ -74,7 +74,7 @@ pub use error::{Error, Result};
 pub use kernels::decode::{DecodeKernel, MAX_DECODE_QUERIES, MAX_KEYS_PER_PART};
 pub use kernels::flash::{Family, TileConfig, MAX_KEYS_PER_SPLIT};
 pub use mask::{BlockMask, Mask};
-pub use record::{forward, forward_into, merge_states, CallInfo, Output, Recorder, Submission};
+pub use record::{forward, forward_into, linear, merge_states, CallInfo, Output, Recorder, Submission};
 pub use tensor::Tensor;
 pub use tune::MaskClass;
 pub use warm_up::{WarmUp, WarmUpReport};

@@ -30,7 +30,7 @@ use crate::attention::{Attention, Layout, Path, Problem, Shape};
 use crate::context::{map_read, Context};
 use crate::error::Result;
 use crate::kernels::flash::{self, Io, TileConfig};
-use crate::kernels::{decode, merge};
+use crate::kernels::{decode, gemm, merge};
 use crate::tensor::Tensor;
 
 /// What one recorded call ran.
@@ -133,6 +133,26 @@ pub fn merge_states(ctx: &Context, a: (&Tensor, &Tensor), b: (&Tensor, &Tensor))
     let (mut out, info) = submit_one(ctx, |rec| rec.merge_states(a, b))?;
     out.info = info;
     Ok(out)
+}
+
+/// A projection `Y = X·Wᵀ + bias` (PyTorch's `F.linear`) on device tensors, into a fresh Y (X's
+/// layout and dtype); see [`Recorder::linear`]. Submits without waiting, like [`forward`].
+///
+/// ```
+/// use wgpu_attention::{Context, HostTensor, Layout, Shape, Tensor};
+/// # fn main() -> Result<(), wgpu_attention::Error> {
+/// let ctx = Context::new()?;
+/// // 3 rows of 5 input features, 2 output features
+/// let x = Tensor::upload(&ctx, &HostTensor::new((0..15).map(|i| i as f32).collect(), Shape::new(1, 1, 3, 5), Layout::Bhsd)?)?;
+/// let w = Tensor::upload(&ctx, &HostTensor::new(vec![1., 0., 0., 0., 0., 0., 0., 0., 0., 2.], Shape::new(1, 1, 2, 5), Layout::Bhsd)?)?;
+/// let b = Tensor::upload(&ctx, &HostTensor::new(vec![0.5, -1.], Shape::new(1, 1, 1, 2), Layout::Bhsd)?)?;
+/// let y = wgpu_attention::linear(&ctx, &x, &w, Some(&b))?.to_host(&ctx)?;
+/// // y[r] = (x[r][0] + 0.5, 2·x[r][4] − 1)
+/// assert_eq!(y.data, vec![0.5, 7., 5.5, 17., 10.5, 27.]);
+/// # Ok(()) }
+/// ```
+pub fn linear(ctx: &Context, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(submit_one(ctx, |rec| rec.linear(x, w, bias))?.0)
 }
 
 /// One call recorded by `record` on a fresh recorder and submitted on its own, without waiting,
@@ -249,6 +269,29 @@ impl<'c> Recorder<'c> {
             let dispatches = merge::encode_states(ctx, &mut pass, [a, b, out])?;
             Ok(CallInfo::new("merge_states", None, 1, dispatches))
         })
+    }
+
+    /// Record a projection `Y = X·Wᵀ + bias`, PyTorch's `F.linear`, into a fresh Y: X `[B, H, S, K]`
+    /// (any strides), W `[1, 1, N, K]` (`[out_features, in_features]`, rows any stride apart), the
+    /// bias `[1, 1, 1, N]`, all of one dtype; Y `[B, H, S, N]` in X's layout and dtype.
+    /// Accumulates in f32. See [`crate::linear`].
+    pub fn linear(&mut self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        gemm::check_inputs(self.ctx, x, w, bias)?;
+        let y = gemm::output(self.ctx, x, w, x.dtype)?;
+        self.linear_into(x, w, bias, &y)?;
+        Ok(y)
+    }
+
+    /// [`Recorder::linear`] into an existing Y (`[B, H, S, N]`, any strides, any dtype: a view of
+    /// a bigger tensor, such as the query columns of a fused QKV buffer, takes it in place).
+    pub fn linear_into(
+        &mut self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+    ) -> Result<CallInfo> {
+        gemm::record_into(self, x, w, bias, y, None)
     }
 
     /// Record the validated problem `p`: the decode kernel where [`Attention::path`] asks for it

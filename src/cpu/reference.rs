@@ -175,6 +175,39 @@ pub fn merge_states(o1: &HostTensor, lse1: &[f32], o2: &HostTensor, lse2: &[f32]
     Ok(Reference { o, lse })
 }
 
+/// `Y = X·Wᵀ + bias` (PyTorch's `F.linear`) in f64: X `[B, H, S, K]`, W `[1, 1, N, K]`, the bias
+/// `[1, 1, 1, N]`; Y `[B, H, S, N]` in X's layout.
+pub fn linear(x: &HostTensor, w: &HostTensor, bias: Option<&HostTensor>) -> Result<Vec<f64>> {
+    use crate::attention::Shape;
+    use crate::error::Error;
+    let (xs, ws) = (x.shape, w.shape);
+    let n = ws.seq;
+    if ws.batch != 1
+        || ws.heads != 1
+        || ws.head_dim != xs.head_dim
+        || bias.is_some_and(|b| b.shape != Shape::new(1, 1, 1, n))
+    {
+        return Err(Error::ShapeMismatch(format!(
+            "linear: X {xs}, W {ws}, bias {:?}: W must be [1, 1, N, K] for X's K, the bias [1, 1, 1, N]",
+            bias.map(|b| b.shape)
+        )));
+    }
+    let ys = Shape::new(xs.batch, xs.heads, xs.seq, n);
+    let mut y = vec![0.0; ys.len()];
+    for b in 0..xs.batch {
+        for h in 0..xs.heads {
+            for s in 0..xs.seq {
+                for j in 0..n {
+                    let dot: f64 =
+                        (0..xs.head_dim).map(|i| x.at(b, h, s, i) as f64 * w.at(0, 0, j, i) as f64).sum();
+                    y[x.layout.offset(ys, b, h, s, j)] = dot + bias.map_or(0.0, |t| t.at(0, 0, 0, j) as f64);
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
 /// Relative error ‖a−b‖/‖b‖ and max abs error of `got` against `want`, ignoring nothing: a NaN in
 /// `got` makes both errors NaN (so a comparison `< tol` fails).
 pub fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {

@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod flash;
+pub mod gemm;
 pub(crate) mod merge;
 pub mod naive;
 pub(crate) mod repack;
