@@ -286,3 +286,36 @@ fn dtype_axis_adds_rows_and_counts_the_smaller_traffic() {
         assert!(r["median_ms"].as_f64().is_some(), "{r}");
     }
 }
+
+/// `--mode gemm`: one row per shape and tile, with a GFLOP/s figure; it runs alone.
+#[test]
+fn gemm_mode_times_the_projection() {
+    let out = wgattn(&[
+        "bench",
+        "--mode",
+        "gemm",
+        "--seq",
+        "33",
+        "--out-features",
+        "20",
+        "--in-features",
+        "40",
+        "--reps",
+        "1",
+        "--gemm-tile",
+        "4,1,2,1,8,0",
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("33 "))
+        .unwrap_or_else(|| panic!("no row:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..4], ["33", "20", "40", "f32"], "{row}");
+    assert!(row.contains("4x1r 2c ku1 wg8"), "{row}");
+    let gflops: f64 = cols[cols.len() - 4].parse().unwrap_or_else(|_| panic!("{row}"));
+    assert!(gflops > 0.0, "{row}");
+    let mixed = wgattn(&["bench", "--mode", "gemm,dense"]);
+    assert_eq!(mixed.status.code(), Some(2), "{}", text(&mixed.stderr));
+}

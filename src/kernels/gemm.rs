@@ -76,8 +76,10 @@ impl GemmTile {
     }
 
     /// The tile this crate picks for `ctx`'s adapter. CPU adapters (lavapipe): one subgroup a
-    /// workgroup, its lanes broadcasting a row each (8 or 16 rows) × 4 columns a lane, K in
-    /// chunks of 16. GPUs: 64 invocations, up to 32 broadcasting lanes, 2 columns a lane. Without
+    /// workgroup, its lanes broadcasting a row each (8 or 16 rows) × 2 columns a lane, K in
+    /// chunks of 4 (measured at 512 bits, M 4096 N 1024 K 1024, `wgattn bench --mode gemm
+    /// --gemm-tile ...`: 441 ms against 557 for 4 columns and chunks of 16, whose 64
+    /// accumulators and 16 W vec4s spill; docs/PERFORMANCE.md). GPUs: 64 invocations, up to 32 broadcasting lanes, 2 columns a lane. Without
     /// subgroups: 4 rows loaded by every invocation.
     pub fn for_adapter(ctx: &Context) -> Self {
         let a = ctx.adapter();
@@ -86,7 +88,7 @@ impl GemmTile {
         let lanes = prev_power_of_two(a.info.subgroup_min_size.max(1));
         let cpu = a.info.device_type == wgpu::DeviceType::Cpu;
         match (cpu, subgroups) {
-            (true, true) => Self { xr: 1, sl: lanes.min(16), c: 4, ku: 4, wg: lanes.min(16), subgroups },
+            (true, true) => Self { xr: 1, sl: lanes.min(16), c: 2, ku: 1, wg: lanes.min(16), subgroups },
             (false, true) => Self { xr: 1, sl: lanes.min(32), c: 2, ku: 2, wg: 64, subgroups },
             (true, false) => Self { xr: 4, sl: 1, c: 4, ku: 4, wg: 8, subgroups },
             (false, false) => Self { xr: 4, sl: 1, c: 2, ku: 2, wg: 64, subgroups },

@@ -122,6 +122,9 @@ pub enum Mode {
     Topk,
     /// --q-len queries (default 1) against Nk keys (bottom-right causal).
     Decode,
+    /// The projection GEMM Y = X·Wᵀ + b: --seq rows × --out-features × --in-features (alone:
+    /// not crossed with the attention modes).
+    Gemm,
 }
 
 impl Mode {
@@ -133,6 +136,7 @@ impl Mode {
             Mode::BlockSparse => "block-sparse",
             Mode::Topk => "topk",
             Mode::Decode => "decode",
+            Mode::Gemm => "gemm",
         }
     }
     fn uses_density(self) -> bool {
@@ -406,6 +410,14 @@ impl Row {
 
 /// Run the sweep and write its outputs.
 pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
+    if let Some(modes) = &args.mode {
+        if modes.contains(&Mode::Gemm) {
+            if modes.len() > 1 {
+                return Err(CliError::Usage("--mode gemm runs alone (not with attention modes)".into()));
+            }
+            return crate::bench_gemm::bench(args);
+        }
+    }
     let sweep = resolve(args)?;
     let env_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
     // A full sweep compares the best each backend can do: the fused kernel's first call per (head
@@ -1112,6 +1124,7 @@ fn prepare(spec: &Spec, data: &ShapeData, seed: u64, window: usize) -> Result<Pr
     };
     Ok(match spec.mode {
         Mode::Dense => same(Attention::new(), 1.0),
+        Mode::Gemm => unreachable!("--mode gemm runs in bench_gemm"),
         Mode::Causal | Mode::Decode => {
             let density = density_of(&causal)?;
             same(causal, density)

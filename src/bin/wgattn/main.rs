@@ -14,6 +14,7 @@
 //! adapter, a library error). Errors are printed to stderr as one `error: ...` line.
 
 mod bench;
+mod bench_gemm;
 mod check;
 mod info;
 mod masks;
@@ -344,6 +345,20 @@ pub struct BenchArgs {
     /// Draw GFLOP/s against sequence length, one line per backend and mode, as SVG.
     #[arg(long, value_name = "PATH.svg")]
     pub plot: Option<PathBuf>,
+    /// Output features (N) of the gemm mode [default: 1024]; its rows M are --seq [default: 4096].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub out_features: Option<Vec<usize>>,
+    /// Input features (K) of the gemm mode [default: 1024].
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub in_features: Option<Vec<usize>>,
+    /// A GEMM tile of the gemm mode, `xr,sl,c,ku,wg[,subgroups]` (repeat the flag for several)
+    /// [default: the adapter's tile].
+    #[arg(long, value_name = "XR,SL,C,KU,WG")]
+    pub gemm_tile: Vec<String>,
+    /// gemm mode: time PyTorch's CPU F.linear on the same shapes in the same run
+    /// (scripts/torch_linear.py; needs python3 with torch).
+    #[arg(long)]
+    pub torch: bool,
     /// Add the rows of JSON files in the bench's format (e.g. from scripts/torch_sdpa.py) to the
     /// table, plot, JSON and CSV.
     #[arg(long, value_delimiter = ',', value_name = "PATH,...")]
