@@ -70,6 +70,15 @@ pub enum Error {
         /// Pages in the pool.
         pages: usize,
     },
+    /// A layer's weights do not fit: a tensor missing from the file, of the wrong shape for the
+    /// layer's sizes, or of a dtype the crate does not read.
+    #[error("weights: tensor `{tensor}`: {problem}")]
+    Weights {
+        /// The tensor's name (with its prefix).
+        tensor: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A tensor was created on another context.
     #[error("tensor belongs to another context")]
     ForeignTensor,

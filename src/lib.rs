@@ -23,7 +23,7 @@
 
 //!
 //! The stable surface is what this page lists at the top level and the modules `attention`,
-//! `context`, `cpu`, `dtype`, `error`, `mask`, `paged`, `record`, `tensor` and `warm_up`. The `unstable` feature (on
+//! `context`, `cpu`, `dtype`, `error`, `layer`, `mask`, `paged`, `record`, `tensor` and `warm_up`. The `unstable` feature (on
 //! with the default `cli` feature) also makes public, outside semver, the kernel modules
 //! (`kernels`: launches, tiles, plans), the WGSL template step (`shader`), the tuner (`tune`) and
 //! the test helpers (`testing`) that the CLI and the test suite are built on.
@@ -35,6 +35,7 @@ pub mod context;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
+pub mod layer;
 pub mod mask;
 pub mod paged;
 #[cfg(all(feature = "parse-cache", not(target_arch = "wasm32")))]

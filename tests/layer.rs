@@ -1,0 +1,124 @@
+//! `layer::MultiHeadAttention` against PyTorch's `nn.MultiheadAttention`: the committed fixtures
+//! (tests/fixtures/mha_*.safetensors, written by scripts/mha_fixtures.py) hold a module's
+//! state_dict under PyTorch's names, its inputs and PyTorch's output; each is loaded as a user
+//! would load a converted module and must match in f32 (rel < 1e-4, the bar). Plus the
+//! typed errors of bad weights and inputs.
+
+mod common;
+
+use common::ctx;
+use wgpu_attention::cpu::reference;
+use wgpu_attention::layer::{AttnMask, MhaOptions, MultiHeadAttention};
+use wgpu_attention::{Error, HostTensor, Layout, Shape, Tensor};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/mha_{name}.safetensors", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A tensor of the fixture as (shape, f32 values); u8 masks as 0.0 / 1.0.
+fn read(file: &safetensors::SafeTensors<'_>, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+    let t = file.tensor(name).ok()?;
+    let data = match t.dtype() {
+        safetensors::Dtype::F32 => {
+            t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        }
+        safetensors::Dtype::U8 => t.data().iter().map(|&b| b as f32).collect(),
+        other => panic!("{name}: {other:?}"),
+    };
+    Some((t.shape().to_vec(), data))
+}
+
+/// Run the fixture `name` and return (rel, max abs) against PyTorch's output.
+fn run(name: &str) -> (f64, f64) {
+    let ctx = ctx();
+    let bytes = fixture(name);
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let heads: usize = meta["num_heads"].parse().unwrap();
+    let mha = MultiHeadAttention::from_safetensors(ctx, &bytes, "", heads)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let upload = |n: &str| {
+        let (s, d) = read(&file, n).unwrap();
+        Tensor::upload(ctx, &HostTensor::new(d, Shape::new(s[0], 1, s[1], s[2]), Layout::Bhsd).unwrap())
+            .unwrap()
+    };
+    let query = upload("query");
+    let (key, value) = if meta["self_attention"] == "1" {
+        (query.clone(), query.clone())
+    } else {
+        (upload("key"), upload("value"))
+    };
+    let options = MhaOptions {
+        key_padding_mask: read(&file, "key_padding_mask").map(|(_, d)| d.iter().map(|&x| x != 0.0).collect()),
+        attn_mask: read(&file, "attn_mask").map(|(_, d)| match meta.get("attn_mask").map(String::as_str) {
+            Some("float") => AttnMask::Float(d),
+            _ => AttnMask::Bool(d.iter().map(|&x| x != 0.0).collect()),
+        }),
+        is_causal: meta["is_causal"] == "1",
+    };
+    let y = mha.forward(ctx, &query, &key, &value, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got = y.to_host(ctx).unwrap();
+    let (shape, want) = read(&file, "out").unwrap();
+    assert_eq!(got.shape, Shape::new(shape[0], 1, shape[1], shape[2]));
+    let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+    let (rel, max_abs) = reference::compare(&got.data, &want);
+    eprintln!("{name}: rel={rel:.2e} max_abs={max_abs:.2e}");
+    (rel, max_abs)
+}
+
+#[test]
+fn matches_pytorch_multihead_attention() {
+    for name in [
+        "self_bias",
+        "self_no_bias_causal",
+        "cross_kdim_padding",
+        "cross_bool_mask",
+        "self_float_mask_padding",
+    ] {
+        let (rel, max_abs) = run(name);
+        assert!(rel < 1e-4 && max_abs < 1e-4, "{name}: rel {rel:.3e}, max abs {max_abs:.3e}");
+    }
+}
+
+#[test]
+fn bad_weights_and_inputs_are_typed_errors() {
+    let ctx = ctx();
+    let bytes = fixture("self_bias");
+    // E = 32 is not a multiple of 5 heads
+    let err = MultiHeadAttention::from_safetensors(ctx, &bytes, "", 5).unwrap_err();
+    assert!(matches!(&err, Error::Weights { tensor, .. } if tensor == "out_proj.weight"), "{err}");
+    // a prefix the file lacks: the missing tensor is named
+    let err = MultiHeadAttention::from_safetensors(ctx, &bytes, "model.attn.", 4).unwrap_err();
+    assert!(matches!(&err, Error::Weights { tensor, .. } if tensor == "model.attn.out_proj.weight"), "{err}");
+    // not a safetensors file
+    assert!(matches!(
+        MultiHeadAttention::from_safetensors(ctx, b"nonsense", "", 4),
+        Err(Error::Weights { .. })
+    ));
+    // a weight of the wrong shape, named
+    let e = 8;
+    let err = MultiHeadAttention::from_host(
+        ctx,
+        2,
+        e,
+        (vec![0.0; 3 * e * e], Some(vec![0.0; 2 * e])),
+        (vec![0.0; e * e], None),
+    )
+    .unwrap_err();
+    assert!(matches!(&err, Error::Weights { tensor, .. } if tensor == "in_proj_bias"), "{err}");
+
+    let mha = MultiHeadAttention::from_safetensors(ctx, &bytes, "", 4).unwrap();
+    let t = |b, n, w| Tensor::zeros(ctx, Shape::new(b, 1, n, w), Layout::Bhsd).unwrap();
+    let x = t(2, 7, 32);
+    let no = MhaOptions::default();
+    assert!(matches!(mha.forward(ctx, &t(2, 7, 31), &x, &x, &no), Err(Error::ShapeMismatch(_))));
+    assert!(matches!(mha.forward(ctx, &x, &t(1, 7, 32), &t(1, 7, 32), &no), Err(Error::ShapeMismatch(_))));
+    let pad = MhaOptions { key_padding_mask: Some(vec![false; 7]), ..Default::default() };
+    assert!(
+        matches!(mha.forward(ctx, &x, &x, &x, &pad), Err(Error::ShapeMismatch(m)) if m.contains("key_padding_mask"))
+    );
+    let bias = MhaOptions { attn_mask: Some(AttnMask::Float(vec![0.5; 49])), ..Default::default() };
+    assert!(matches!(mha.forward(ctx, &x, &x, &x, &bias), Err(Error::InvalidOption(_))));
+}
