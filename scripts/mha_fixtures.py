@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Write the PyTorch parity fixtures of `tests/layer.rs`: small `nn.MultiheadAttention` modules,
-their inputs and PyTorch's outputs, one safetensors file per case in tests/fixtures/.
+their inputs and PyTorch's outputs, one safetensors file per case in tests/fixtures/; and Llama
+attention blocks (`llama_*.safetensors`: Hugging Face names under `model.layers.0.self_attn.`,
+the input `x`, the block's output `out` computed in float64, see `llama_case`).
 
 Each file holds the module's state_dict under PyTorch's names (what
 `safetensors.torch.save_file(m.state_dict(), ...)` writes), the inputs `query`, `key`, `value`
@@ -82,8 +84,61 @@ def case(name, e=32, heads=4, bias=True, kdim=None, vdim=None, b=2, nq=7, nk=Non
     print(name, {n: list(t.shape) for n, t in tensors.items()})
 
 
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def llama_case(name, e=64, heads=4, kv_heads=1, theta=10000.0, bias=False, b=2, n=9, start=0):
+    """Hugging Face LlamaAttention's computation written out (transformers is not needed), in
+    float64 from float32 weights and inputs: q/k/v projections, rotate-half rotary embeddings of
+    positions start..start+n, K/V heads repeated for the query heads, causal softmax attention,
+    o_proj."""
+    torch.manual_seed(sum(name.encode()))
+    d = e // heads
+    w = {
+        "q_proj.weight": torch.randn(heads * d, e) / e**0.5,
+        "k_proj.weight": torch.randn(kv_heads * d, e) / e**0.5,
+        "v_proj.weight": torch.randn(kv_heads * d, e) / e**0.5,
+        "o_proj.weight": torch.randn(e, heads * d) / (heads * d) ** 0.5,
+    }
+    if bias:
+        for p in ("q_proj", "k_proj", "v_proj"):
+            w[f"{p}.bias"] = torch.rand(w[f"{p}.weight"].shape[0]) - 0.5
+    x = torch.rand(b, n, e) * 2 - 1
+    dd = {k: v.double() for k, v in w.items()}
+    xd = x.double()
+
+    def proj(p, h):
+        y = xd @ dd[f"{p}.weight"].T + (dd[f"{p}.bias"] if f"{p}.bias" in dd else 0)
+        return y.view(b, n, h, d).transpose(1, 2)
+
+    q, k, v = proj("q_proj", heads), proj("k_proj", kv_heads), proj("v_proj", kv_heads)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    freqs = torch.outer(torch.arange(start, start + n, dtype=torch.float64), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    k = k.repeat_interleave(heads // kv_heads, dim=1)
+    v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scores = q @ k.transpose(-1, -2) / d**0.5
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    o = scores.softmax(-1) @ v
+    out = o.transpose(1, 2).reshape(b, n, heads * d) @ dd["o_proj.weight"].T
+    meta = {"num_heads": str(heads), "num_kv_heads": str(kv_heads), "rope_theta": str(theta), "start": str(start)}
+    prefix = "model.layers.0.self_attn."
+    tensors = {prefix + k: v for k, v in w.items()}
+    tensors.update({"x": x, "out": out.float()})
+    save(os.path.join(OUT, f"llama_{name}.safetensors"), tensors, meta)
+    print(name, {n: list(t.shape) for n, t in tensors.items()})
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    llama_case("gqa4_1_theta1e4")
+    llama_case("gqa8_2_theta5e5_bias", heads=8, kv_heads=2, theta=500000.0, bias=True, b=1, n=11)
+    llama_case("gqa4_1_start7", start=7, n=6)
     case("self_bias")
     case("self_no_bias_causal", bias=False, b=1, nq=9, causal=True)
     case("cross_kdim_padding", kdim=24, vdim=40, nq=5, nk=8, self_attn=False, padding=True)

@@ -413,3 +413,245 @@ fn read_floats(name: &str, dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec
         }
     })
 }
+
+/// Llama's attention block (Hugging Face `LlamaAttention`): `q_proj`, `k_proj`, `v_proj`,
+/// `o_proj` (`.weight`, optional `.bias`), `num_heads` query heads and `num_kv_heads` K/V heads
+/// (grouped-query attention), rotary embeddings (rotate-half, base θ) applied on the device,
+/// causal self-attention, and a [`KvCache`] for generation. One call records the projections,
+/// the rotations, the attention and the output projection and submits once.
+#[derive(Clone, Debug)]
+pub struct LlamaAttention {
+    /// E: the width of the input and output.
+    pub hidden: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// K/V heads (dividing `num_heads`).
+    pub num_kv_heads: usize,
+    /// D: `q_proj` has `num_heads · D` rows.
+    pub head_dim: usize,
+    /// The rotary base θ (10,000 in Llama 2, 500,000 in Llama 3).
+    pub rope_theta: f64,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
+}
+
+/// The keys and values of earlier positions of a [`LlamaAttention`]: `[B, Hkv, max_len, D]`
+/// each (rotated keys), filled from position 0 by prefill and decode calls.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first call.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.k.shape().seq
+    }
+}
+
+impl LlamaAttention {
+    /// Load from a safetensors file with Hugging Face's names after `prefix` (e.g.
+    /// `model.layers.0.self_attn.`): `q_proj.weight` `[Hq·D, E]`, `k_proj.weight` and
+    /// `v_proj.weight` `[Hkv·D, E]`, `o_proj.weight` `[E, Hq·D]`, each with an optional `.bias`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(
+        ctx: &Context,
+        path: &std::path::Path,
+        prefix: &str,
+        num_heads: usize,
+        num_kv_heads: usize,
+        rope_theta: f64,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| weights_error(&path.display().to_string(), format!("cannot read the file: {e}")))?;
+        Self::from_safetensors(ctx, &bytes, prefix, num_heads, num_kv_heads, rope_theta)
+    }
+
+    /// [`LlamaAttention::load`] from the bytes of a safetensors file.
+    pub fn from_safetensors(
+        ctx: &Context,
+        bytes: &[u8],
+        prefix: &str,
+        num_heads: usize,
+        num_kv_heads: usize,
+        rope_theta: f64,
+    ) -> Result<Self> {
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| weights_error("(file)", format!("not a safetensors file: {e}")))?;
+        let names: Vec<String> = file.names().into_iter().cloned().collect();
+        let get = |name: &str| -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+            let full = format!("{prefix}{name}");
+            if !names.contains(&full) {
+                return Ok(None);
+            }
+            let view = file.tensor(&full).map_err(|e| weights_error(&full, e.to_string()))?;
+            Ok(Some((view.shape().to_vec(), read_floats(&full, view.dtype(), view.data())?)))
+        };
+        let q_shape = get("q_proj.weight")?
+            .map(|w| w.0)
+            .ok_or_else(|| weights_error(&format!("{prefix}q_proj.weight"), "missing from the file"))?;
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+            return Err(weights_error(
+                &format!("{prefix}k_proj.weight"),
+                format!("num_kv_heads {num_kv_heads} must divide num_heads {num_heads}"),
+            ));
+        }
+        let (rows, e) = (q_shape[0], *q_shape.get(1).unwrap_or(&0));
+        if q_shape.len() != 2
+            || e == 0
+            || !rows.is_multiple_of(num_heads)
+            || !(rows / num_heads).is_multiple_of(2)
+        {
+            return Err(weights_error(
+                &format!("{prefix}q_proj.weight"),
+                format!("shape {q_shape:?}: it must be [num_heads ({num_heads}) · D, E] with an even D"),
+            ));
+        }
+        let d = rows / num_heads;
+        let proj = |name: &str, out: usize, inp: usize| -> Result<Projection> {
+            let wname = format!("{name}.weight");
+            let (s, w) = get(&wname)?
+                .ok_or_else(|| weights_error(&format!("{prefix}{wname}"), "missing from the file"))?;
+            if s != [out, inp] {
+                return Err(weights_error(
+                    &format!("{prefix}{wname}"),
+                    format!("shape {s:?}, but E {e}, {num_heads} heads, {num_kv_heads} K/V heads of D {d} need [{out}, {inp}]"),
+                ));
+            }
+            let weight = Tensor::upload(ctx, &HostTensor::new(w, Shape::new(1, 1, out, inp), Layout::Bhsd)?)?;
+            let bname = format!("{name}.bias");
+            let bias = match get(&bname)? {
+                Some((s, b)) if s == [out] => {
+                    Some(Tensor::upload(ctx, &HostTensor::new(b, Shape::new(1, 1, 1, out), Layout::Bhsd)?)?)
+                }
+                Some((s, _)) => {
+                    return Err(weights_error(
+                        &format!("{prefix}{bname}"),
+                        format!("shape {s:?}: it must be [{out}]"),
+                    ))
+                }
+                None => None,
+            };
+            Ok(Projection { weight, bias })
+        };
+        Ok(Self {
+            hidden: e,
+            num_heads,
+            num_kv_heads,
+            head_dim: d,
+            rope_theta,
+            q: proj("q_proj", num_heads * d, e)?,
+            k: proj("k_proj", num_kv_heads * d, e)?,
+            v: proj("v_proj", num_kv_heads * d, e)?,
+            o: proj("o_proj", e, num_heads * d)?,
+        })
+    }
+
+    /// An empty cache for `batch` sequences of up to `max_len` positions.
+    pub fn new_cache(&self, ctx: &Context, batch: usize, max_len: usize) -> Result<KvCache> {
+        let s = Shape::new(batch, self.num_kv_heads, max_len, self.head_dim);
+        Ok(KvCache {
+            k: Tensor::zeros(ctx, s, Layout::Bshd)?,
+            v: Tensor::zeros(ctx, s, Layout::Bshd)?,
+            len: 0,
+        })
+    }
+
+    /// Causal self-attention over `x` `[B, 1, N, E]` alone, its positions `start..start + N`
+    /// (rotary embeddings only: the keys are x's own). Submits once.
+    pub fn forward(&self, ctx: &Context, x: &Tensor, start: usize) -> Result<Tensor> {
+        let mut rec = Recorder::new(ctx);
+        let y = self.record(&mut rec, x, start, None)?;
+        rec.submit()?;
+        Ok(y)
+    }
+
+    /// Prefill or decode through `cache`: x `[B, 1, N, E]` at positions `cache.len()..+N`; its
+    /// keys and values are appended to the cache, and it attends to every cached position
+    /// (causal). Submits once.
+    pub fn forward_cached(&self, ctx: &Context, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let mut rec = Recorder::new(ctx);
+        let start = cache.len;
+        let y = self.record(&mut rec, x, start, Some(cache))?;
+        rec.submit()?;
+        Ok(y)
+    }
+
+    /// Record a call into `rec` (see [`LlamaAttention::forward`] and
+    /// [`LlamaAttention::forward_cached`]; with a cache, `start` must be its length).
+    pub fn record(
+        &self,
+        rec: &mut Recorder<'_>,
+        x: &Tensor,
+        start: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let ctx = rec.context();
+        let (e, hq, hkv, d) = (self.hidden, self.num_heads, self.num_kv_heads, self.head_dim);
+        let s = x.shape();
+        if s.heads != 1 || s.head_dim != e {
+            return Err(Error::ShapeMismatch(format!("LlamaAttention: x is {s}: it must be [B, 1, N, {e}]")));
+        }
+        let (b, n) = (s.batch, s.seq);
+        let heads = |t: &Tensor, h: usize| {
+            let st = t.strides();
+            t.view(Shape::new(b, h, n, d), [st[0], d, st[2]], 0)
+        };
+        let q = rec.linear(x, &self.q.weight, self.q.bias.as_ref())?;
+        let q = heads(&q, hq)?;
+        let (k_all, v_all) = match cache {
+            Some(cache) => {
+                if cache.len != start {
+                    return Err(Error::InvalidOption(format!(
+                        "start {start} but the cache holds {} positions",
+                        cache.len
+                    )));
+                }
+                let cs = cache.k.shape();
+                if cs.batch != b || cache.len + n > cs.seq || cs.heads != hkv || cs.head_dim != d {
+                    return Err(Error::ShapeMismatch(format!(
+                        "LlamaAttention: a cache {cs} holding {} positions cannot take x {s}",
+                        cache.len
+                    )));
+                }
+                // the projections write straight into the cache's new positions
+                let new = |t: &Tensor| -> Result<Tensor> {
+                    let st = t.strides();
+                    t.view(Shape::new(b, 1, n, hkv * d), [st[0], st[0], st[2]], start * st[2])
+                };
+                let (k_new, v_new) = (new(&cache.k)?, new(&cache.v)?);
+                rec.linear_into(x, &self.k.weight, self.k.bias.as_ref(), &k_new)?;
+                rec.linear_into(x, &self.v.weight, self.v.bias.as_ref(), &v_new)?;
+                crate::kernels::rope::record(rec, &cache.k.narrow(2, start, n)?, start, self.rope_theta)?;
+                cache.len += n;
+                (cache.k.narrow(2, 0, cache.len)?, cache.v.narrow(2, 0, cache.len)?)
+            }
+            None => {
+                let k = heads(&rec.linear(x, &self.k.weight, self.k.bias.as_ref())?, hkv)?;
+                let v = heads(&rec.linear(x, &self.v.weight, self.v.bias.as_ref())?, hkv)?;
+                crate::kernels::rope::record(rec, &k, start, self.rope_theta)?;
+                (k, v)
+            }
+        };
+        crate::kernels::rope::record(rec, &q, start, self.rope_theta)?;
+        let o = Tensor::zeros(ctx, Shape::new(b, hq, n, d), Layout::Bshd)?;
+        let lse = Tensor::zeros(ctx, Shape::new(b, hq, n, 1), Layout::Bhsd)?;
+        rec.forward_into(&q, &k_all, &v_all, &Attention::new().causal(Causal::BottomRight), &o, &lse)?;
+        let merged = o.view(Shape::new(b, 1, n, hq * d), [n * hq * d, n * hq * d, hq * d], 0)?;
+        rec.linear(&merged, &self.o.weight, self.o.bias.as_ref())
+    }
+}

@@ -46,6 +46,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("paged_append.wgsl", include_str!("../shaders/paged_append.wgsl")),
     ("qkv_loads.wgsl", include_str!("../shaders/qkv_loads.wgsl")),
     ("repack.wgsl", include_str!("../shaders/repack.wgsl")),
+    ("rope.wgsl", include_str!("../shaders/rope.wgsl")),
     ("score_terms.wgsl", include_str!("../shaders/score_terms.wgsl")),
     ("topk.wgsl", include_str!("../shaders/topk.wgsl")),
 ];

@@ -122,3 +122,102 @@ fn bad_weights_and_inputs_are_typed_errors() {
     let bias = MhaOptions { attn_mask: Some(AttnMask::Float(vec![0.5; 49])), ..Default::default() };
     assert!(matches!(mha.forward(ctx, &x, &x, &x, &bias), Err(Error::InvalidOption(_))));
 }
+
+/// The Llama fixture `name`: the block, x `[B, 1, N, E]` on the device, the expected output and
+/// the first position.
+fn llama(name: &str) -> (wgpu_attention::layer::LlamaAttention, Tensor, Vec<f64>, usize) {
+    let ctx = ctx();
+    let path = format!("{}/tests/fixtures/llama_{name}.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let block = wgpu_attention::layer::LlamaAttention::from_safetensors(
+        ctx,
+        &bytes,
+        "model.layers.0.self_attn.",
+        meta["num_heads"].parse().unwrap(),
+        meta["num_kv_heads"].parse().unwrap(),
+        meta["rope_theta"].parse().unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (s, x) = read(&file, "x").unwrap();
+    let x = Tensor::upload(ctx, &HostTensor::new(x, Shape::new(s[0], 1, s[1], s[2]), Layout::Bhsd).unwrap())
+        .unwrap();
+    let want = read(&file, "out").unwrap().1.iter().map(|&v| v as f64).collect();
+    (block, x, want, meta["start"].parse().unwrap())
+}
+
+/// GQA 4/1 and 8/2, θ 10,000 and 500,000, with and without biases, a first position of 0 and of
+/// 7: against Hugging Face Llama's computation (in f64).
+#[test]
+fn llama_block_matches_the_reference() {
+    for name in ["gqa4_1_theta1e4", "gqa8_2_theta5e5_bias", "gqa4_1_start7"] {
+        let (block, x, want, start) = llama(name);
+        let got = block.forward(ctx(), &x, start).unwrap().to_host(ctx()).unwrap();
+        let (rel, max_abs) = reference::compare(&got.data, &want);
+        eprintln!("{name}: rel={rel:.2e} max_abs={max_abs:.2e}");
+        assert!(rel < 1e-4 && max_abs < 1e-4, "{name}: rel {rel:.3e}, max abs {max_abs:.3e}");
+    }
+}
+
+/// A prefill of 5 positions into the KV cache, then 4 decode steps of one token each: the outputs
+/// equal one pass over all 9 positions.
+#[test]
+fn llama_prefill_then_decode_equals_one_pass() {
+    let ctx = ctx();
+    let (block, x, want, _) = llama("gqa4_1_theta1e4");
+    let s = x.shape();
+    let mut cache = block.new_cache(ctx, s.batch, 16).unwrap();
+    let mut steps = vec![block.forward_cached(ctx, &x.narrow(2, 0, 5).unwrap(), &mut cache).unwrap()];
+    for i in 5..s.seq {
+        steps.push(block.forward_cached(ctx, &x.narrow(2, i, 1).unwrap(), &mut cache).unwrap());
+    }
+    assert_eq!(cache.len(), s.seq);
+    // reassemble [B, N, E] from the steps' [B, n, E] outputs
+    let e = s.head_dim;
+    let mut got = vec![f32::NAN; s.len()];
+    let mut pos = 0;
+    for y in &steps {
+        let h = y.to_host(ctx).unwrap();
+        let n = h.shape.seq;
+        for b in 0..s.batch {
+            for i in 0..n {
+                for c in 0..e {
+                    got[(b * s.seq + pos + i) * e + c] = h.at(b, 0, i, c);
+                }
+            }
+        }
+        pos += n;
+    }
+    let (rel, max_abs) = reference::compare(&got, &want);
+    eprintln!("prefill + decode: rel={rel:.2e} max_abs={max_abs:.2e}");
+    assert!(rel < 1e-4 && max_abs < 1e-4, "rel {rel:.3e}, max abs {max_abs:.3e}");
+    // a full cache refuses more
+    let mut full = block.new_cache(ctx, s.batch, 4).unwrap();
+    assert!(matches!(
+        block.forward_cached(ctx, &x.narrow(2, 0, 5).unwrap(), &mut full),
+        Err(Error::ShapeMismatch(_))
+    ));
+}
+
+#[test]
+fn llama_bad_weights_name_the_tensor() {
+    let ctx = ctx();
+    let path = format!("{}/tests/fixtures/llama_gqa4_1_theta1e4.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(path).unwrap();
+    use wgpu_attention::layer::LlamaAttention;
+    let err =
+        LlamaAttention::from_safetensors(ctx, &bytes, "model.layers.1.self_attn.", 4, 1, 1e4).unwrap_err();
+    assert!(
+        matches!(&err, Error::Weights { tensor, .. } if tensor == "model.layers.1.self_attn.q_proj.weight"),
+        "{err}"
+    );
+    // 2 K/V heads do not match k_proj's 16 rows of D 16
+    let err =
+        LlamaAttention::from_safetensors(ctx, &bytes, "model.layers.0.self_attn.", 4, 2, 1e4).unwrap_err();
+    assert!(matches!(&err, Error::Weights { tensor, .. } if tensor.ends_with("k_proj.weight")), "{err}");
+    let err =
+        LlamaAttention::from_safetensors(ctx, &bytes, "model.layers.0.self_attn.", 4, 3, 1e4).unwrap_err();
+    assert!(matches!(&err, Error::Weights { .. }), "{err}");
+}

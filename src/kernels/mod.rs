@@ -9,6 +9,7 @@ pub mod gemm;
 pub(crate) mod merge;
 pub mod naive;
 pub(crate) mod repack;
+pub(crate) mod rope;
 pub mod topk;
 #[cfg(test)]
 mod uniform_layout;

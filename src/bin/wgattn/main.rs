@@ -19,6 +19,7 @@ mod check;
 mod info;
 mod masks;
 mod merge;
+mod mha;
 mod npy;
 mod plot;
 mod run;
@@ -69,6 +70,8 @@ enum Command {
     /// Merge two attention states computed over disjoint key sets (O and LSE files of `wgattn
     /// run`) into the state over their union, by log-sum-exp.
     Merge(MergeArgs),
+    /// PyTorch's nn.MultiheadAttention (batch first) with weights from a safetensors file.
+    Mha(MhaArgs),
     /// Time the backends over shapes and masks: table on stdout, optional JSON, CSV and SVG plot.
     #[command(after_help = bench::AFTER_HELP)]
     Bench(Box<BenchArgs>),
@@ -81,6 +84,42 @@ enum Command {
 }
 
 /// Options of `wgattn merge`.
+/// `wgattn mha`.
+#[derive(clap::Args, Debug)]
+pub struct MhaArgs {
+    /// The module's weights (safetensors, PyTorch's names: in_proj_weight, in_proj_bias,
+    /// out_proj.weight, out_proj.bias, or q/k/v_proj_weight).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// A prefix of the tensor names in the file.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Input, float32 [B, N, E] (batch first): query, and key and value without --kv.
+    #[arg(long, value_name = "X.npy")]
+    pub x: PathBuf,
+    /// Key and value of cross-attention, float32 [B, Nk, kdim].
+    #[arg(long, value_name = "KV.npy")]
+    pub kv: Option<PathBuf>,
+    /// Heads (E / heads is the head dim).
+    #[arg(long, value_name = "H")]
+    pub num_heads: usize,
+    /// Output, float32 [B, N, E].
+    #[arg(long, value_name = "Y.npy")]
+    pub out: PathBuf,
+    /// Causal (query i sees keys 0..=i).
+    #[arg(long)]
+    pub causal: bool,
+    /// Boolean [B, Nk], true = a padding key (ignored).
+    #[arg(long, value_name = "M.npy")]
+    pub key_padding_mask: Option<PathBuf>,
+    /// Write the attention probabilities (not built yet: refused).
+    #[arg(long, value_name = "P.npy")]
+    pub need_weights: Option<PathBuf>,
+    /// With --need-weights: averaged over heads (not built yet: refused).
+    #[arg(long)]
+    pub average: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct MergeArgs {
     /// O of the first state, float32 or float16: [B, H, N, D] (bhsd) or [B, N, H, D] (bshd).
@@ -473,6 +512,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Merge(args) => merge::merge(args).map(|()| ExitCode::SUCCESS),
+        Command::Mha(args) => mha::mha(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Tune(args) => tune::tune(args).map(|()| ExitCode::SUCCESS),
         Command::WarmUp(args) => warm_up::warm_up(args).map(|()| ExitCode::SUCCESS),
