@@ -104,6 +104,7 @@ fn weights_error(tensor: &str, problem: impl Into<String>) -> Error {
 }
 
 impl MultiHeadAttention {
+    #[cfg(feature = "safetensors")]
     /// Load from a safetensors file with PyTorch's names (`safetensors.torch.save_file(
     /// m.state_dict(), path)` of an `nn.MultiheadAttention`): `in_proj_weight` `[3E, E]` (or
     /// `q_proj_weight` `[E, E]`, `k_proj_weight` `[E, kdim]`, `v_proj_weight` `[E, vdim]`),
@@ -116,6 +117,7 @@ impl MultiHeadAttention {
         Self::from_safetensors(ctx, &bytes, prefix, num_heads)
     }
 
+    #[cfg(feature = "safetensors")]
     /// [`MultiHeadAttention::load`] from the bytes of a safetensors file.
     pub fn from_safetensors(ctx: &Context, bytes: &[u8], prefix: &str, num_heads: usize) -> Result<Self> {
         let file = safetensors::SafeTensors::deserialize(bytes)
@@ -399,6 +401,7 @@ impl MultiHeadAttention {
     }
 }
 
+#[cfg(feature = "safetensors")]
 /// The values of a safetensors tensor as f32 (f32, f16 and bf16 taken; little-endian).
 fn read_floats(name: &str, dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>> {
     use safetensors::Dtype;
@@ -464,6 +467,7 @@ impl KvCache {
 }
 
 impl LlamaAttention {
+    #[cfg(feature = "safetensors")]
     /// Load from a safetensors file with Hugging Face's names after `prefix` (e.g.
     /// `model.layers.0.self_attn.`): `q_proj.weight` `[Hq·D, E]`, `k_proj.weight` and
     /// `v_proj.weight` `[Hkv·D, E]`, `o_proj.weight` `[E, Hq·D]`, each with an optional `.bias`.
@@ -481,6 +485,7 @@ impl LlamaAttention {
         Self::from_safetensors(ctx, &bytes, prefix, num_heads, num_kv_heads, rope_theta)
     }
 
+    #[cfg(feature = "safetensors")]
     /// [`LlamaAttention::load`] from the bytes of a safetensors file.
     pub fn from_safetensors(
         ctx: &Context,

@@ -319,3 +319,32 @@ fn gemm_mode_times_the_projection() {
     let mixed = wgattn(&["bench", "--mode", "gemm,dense"]);
     assert_eq!(mixed.status.code(), Some(2), "{}", text(&mixed.stderr));
 }
+
+/// `--mode layer`: one row per length with the GEMM and attention shares summing to 100%.
+#[test]
+fn layer_mode_splits_gemm_and_attention_time() {
+    let out = wgattn(&[
+        "bench",
+        "--mode",
+        "layer",
+        "--seq",
+        "16,40",
+        "--embed-dim",
+        "32",
+        "--heads",
+        "4",
+        "--reps",
+        "1",
+    ]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    for n in ["16", "40"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .unwrap_or_else(|| panic!("no row {n}:\n{stdout}"));
+        let cols: Vec<f64> = row.split_whitespace().take(6).map(|c| c.parse().unwrap()).collect();
+        assert!(cols[2] > 0.0 && cols[4] > 0.0, "{row}");
+        assert!((cols[3] + cols[5] - 100.0).abs() < 0.2, "{row}");
+    }
+}

@@ -826,3 +826,63 @@ fn mha_matches_pytorch() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// `wgattn llama-attn`: the Llama fixture (first position 7) through the CLI.
+#[test]
+fn llama_attn_matches_the_reference() {
+    let dir = TempDir::new("llama");
+    let weights = format!("{}/tests/fixtures/llama_gqa4_1_start7.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&weights).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let floats = |n: &str| {
+        let t = file.tensor(n).unwrap();
+        let data: Vec<f32> =
+            t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        (t.shape().to_vec(), data)
+    };
+    let (shape, x) = floats("x");
+    let (x_path, y_path) = (dir.path("x.npy"), dir.path("y.npy"));
+    write_npy(&x_path, &shape, &x);
+    let (x_arg, y_arg) = (x_path.display().to_string(), y_path.display().to_string());
+    let out = wgattn(&[
+        "llama-attn",
+        "--weights",
+        &weights,
+        "--prefix",
+        "model.layers.0.self_attn.",
+        "--x",
+        &x_arg,
+        "--num-heads",
+        "4",
+        "--num-kv-heads",
+        "1",
+        "--rope-theta",
+        "10000",
+        "--positions",
+        "7",
+        "--out",
+        &y_arg,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (dims, got) = read_npy(&y_path);
+    assert_eq!(dims, shape.iter().map(|&d| d as u64).collect::<Vec<_>>());
+    let want: Vec<f64> = floats("out").1.iter().map(|&v| v as f64).collect();
+    let (rel, max_abs) = reference::compare(&got, &want);
+    assert!(rel < 1e-4 && max_abs < 1e-4, "rel {rel:.3e} max abs {max_abs:.3e}");
+    // a wrong prefix: exit 2 naming the tensor
+    let out = wgattn(&[
+        "llama-attn",
+        "--weights",
+        &weights,
+        "--x",
+        &x_arg,
+        "--num-heads",
+        "4",
+        "--num-kv-heads",
+        "1",
+        "--out",
+        &y_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("q_proj.weight"), "{}", text(&out.stderr));
+}

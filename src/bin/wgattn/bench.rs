@@ -125,6 +125,9 @@ pub enum Mode {
     /// The projection GEMM Y = X·Wᵀ + b: --seq rows × --out-features × --in-features (alone:
     /// not crossed with the attention modes).
     Gemm,
+    /// The nn.MultiheadAttention layer (projections + attention) over --seq positions at
+    /// --embed-dim with --heads, GEMM and attention time shares (alone).
+    Layer,
 }
 
 impl Mode {
@@ -137,6 +140,7 @@ impl Mode {
             Mode::Topk => "topk",
             Mode::Decode => "decode",
             Mode::Gemm => "gemm",
+            Mode::Layer => "layer",
         }
     }
     fn uses_density(self) -> bool {
@@ -411,11 +415,19 @@ impl Row {
 /// Run the sweep and write its outputs.
 pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     if let Some(modes) = &args.mode {
-        if modes.contains(&Mode::Gemm) {
-            if modes.len() > 1 {
-                return Err(CliError::Usage("--mode gemm runs alone (not with attention modes)".into()));
+        for (mode, run) in [
+            (Mode::Gemm, crate::bench_gemm::bench as fn(&BenchArgs) -> Result<(), CliError>),
+            (Mode::Layer, crate::bench_gemm::bench_layer),
+        ] {
+            if modes.contains(&mode) {
+                if modes.len() > 1 {
+                    return Err(CliError::Usage(format!(
+                        "--mode {} runs alone (not with other modes)",
+                        mode.name()
+                    )));
+                }
+                return run(args);
             }
-            return crate::bench_gemm::bench(args);
         }
     }
     let sweep = resolve(args)?;
@@ -1124,7 +1136,7 @@ fn prepare(spec: &Spec, data: &ShapeData, seed: u64, window: usize) -> Result<Pr
     };
     Ok(match spec.mode {
         Mode::Dense => same(Attention::new(), 1.0),
-        Mode::Gemm => unreachable!("--mode gemm runs in bench_gemm"),
+        Mode::Gemm | Mode::Layer => unreachable!("--mode gemm and layer run in bench_gemm"),
         Mode::Causal | Mode::Decode => {
             let density = density_of(&causal)?;
             same(causal, density)

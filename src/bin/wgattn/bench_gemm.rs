@@ -209,3 +209,97 @@ fn torch_rows(rows: &mut [Row], reps: usize) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `wgattn bench --mode layer`: `layer::MultiHeadAttention` (self-attention, biases, random
+/// weights) over `--seq` positions at E `--embed-dim` with `--heads`, batch `--batch`: the
+/// GPU time of each recorded call (timestamp queries), split into the GEMMs' share (the QKV
+/// and output projections) and the attention's, and with `--torch` PyTorch's CPU
+/// `nn.MultiheadAttention` on the same shapes in the same run (scripts/torch_mha.py).
+pub fn bench_layer(args: &BenchArgs) -> Result<(), CliError> {
+    use wgpu_attention::layer::{MhaOptions, MultiHeadAttention};
+    let seqs = args.seq.clone().unwrap_or_else(|| vec![1024, 4096]);
+    let e = args.embed_dim;
+    let heads = args.heads.as_ref().and_then(|h| h.first().copied()).unwrap_or(16);
+    let batch = args.batch.as_ref().and_then(|b| b.first().copied()).unwrap_or(1);
+    let reps = args.reps.unwrap_or(3).max(1);
+    let ctx = Context::with_options(&ContextOptions::from_env()?.gpu_timing(true))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut random =
+        |n: usize, scale: f32| (0..n).map(|_| rng.random_range(-scale..scale)).collect::<Vec<f32>>();
+    let s = 1.0 / (e as f32).sqrt();
+    let mha = MultiHeadAttention::from_host(
+        &ctx,
+        heads,
+        e,
+        (random(3 * e * e, s), Some(random(3 * e, 0.1))),
+        (random(e * e, s), Some(random(e, 0.1))),
+    )?;
+    let mut rows = Vec::new();
+    for &n in &seqs {
+        let x = Tensor::upload(
+            &ctx,
+            &HostTensor::new(random(batch * n * e, 1.0), Shape::new(batch, 1, n, e), Layout::Bhsd)?,
+        )?;
+        let call = || -> Result<(f64, f64, f64), CliError> {
+            let t0 = Instant::now();
+            let mut rec = Recorder::new(&ctx);
+            mha.record(&mut rec, &x, &x, &x, &MhaOptions::default())?;
+            let calls = rec.submit()?.wait()?;
+            let wall = t0.elapsed().as_secs_f64() * 1e3;
+            let ms = |gemm: bool| -> f64 {
+                calls
+                    .iter()
+                    .filter(|c| (c.kernel == "gemm") == gemm)
+                    .map(|c| c.gpu_time.map_or(0.0, |t| t.as_secs_f64() * 1e3))
+                    .sum()
+            };
+            Ok((wall, ms(true), ms(false)))
+        };
+        call()?; // compiles
+        let mut runs: Vec<(f64, f64, f64)> = (0..reps).map(|_| call()).collect::<Result<_, _>>()?;
+        runs.sort_by(|a, b| (a.1 + a.2).total_cmp(&(b.1 + b.2)));
+        let (wall, gemm, attn) = runs[runs.len() / 2];
+        rows.push((n, wall, gemm, attn, None::<f64>));
+    }
+    if args.torch {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/torch_mha.py");
+        let shapes: Vec<String> = seqs.iter().map(|n| format!("{batch}x{n}x{e}x{heads}")).collect();
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--shapes", &shapes.join(","), "--reps", &reps.to_string()])
+            .output()
+            .map_err(|e| {
+                CliError::Usage(format!("--torch: could not run python3 {}: {e}", script.display()))
+            })?;
+        if !out.status.success() {
+            return Err(CliError::Usage(format!("--torch: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        for (line, row) in String::from_utf8_lossy(&out.stdout).lines().zip(rows.iter_mut()) {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| CliError::Usage(format!("--torch: `{line}`: {e}")))?;
+            row.4 = v["median_ms"].as_f64();
+        }
+    }
+    println!(
+        "wgattn bench --mode layer · {} · B {batch} E {e} H {heads}",
+        one_line(&ctx.adapter().info.name)
+    );
+    println!(
+        "{:>6} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>8}",
+        "N", "wall_ms", "gemm_ms", "gemm_%", "attn_ms", "attn_%", "torch_ms", "vs_torch"
+    );
+    for (n, wall, gemm, attn, torch) in &rows {
+        let total = gemm + attn;
+        let (t, r) = match torch {
+            Some(t) => (format!("{t:.1}"), format!("{:.2}x", t / wall)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{n:>6} {wall:>9.1} {gemm:>9.1} {:>8.1} {attn:>9.1} {:>8.1} {t:>9} {r:>8}",
+            100.0 * gemm / total,
+            100.0 * attn / total
+        );
+    }
+    println!("gemm/attn: GPU time of the projections / of the attention call (timestamp queries); vs_torch = torch_ms / wall_ms");
+    Ok(())
+}

@@ -72,6 +72,9 @@ enum Command {
     Merge(MergeArgs),
     /// PyTorch's nn.MultiheadAttention (batch first) with weights from a safetensors file.
     Mha(MhaArgs),
+    /// A Llama attention block (causal self-attention with RoPE, GQA) with weights from a
+    /// safetensors file under Hugging Face's names.
+    LlamaAttn(LlamaAttnArgs),
     /// Time the backends over shapes and masks: table on stdout, optional JSON, CSV and SVG plot.
     #[command(after_help = bench::AFTER_HELP)]
     Bench(Box<BenchArgs>),
@@ -84,6 +87,36 @@ enum Command {
 }
 
 /// Options of `wgattn merge`.
+/// `wgattn llama-attn`.
+#[derive(clap::Args, Debug)]
+pub struct LlamaAttnArgs {
+    /// The block's weights (safetensors: q_proj, k_proj, v_proj, o_proj .weight and optional
+    /// .bias after --prefix).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// The prefix of the names, e.g. `model.layers.0.self_attn.`.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Input, float32 [B, N, E].
+    #[arg(long, value_name = "X.npy")]
+    pub x: PathBuf,
+    /// Query heads.
+    #[arg(long, value_name = "H")]
+    pub num_heads: usize,
+    /// K/V heads (dividing --num-heads).
+    #[arg(long, value_name = "G")]
+    pub num_kv_heads: usize,
+    /// The rotary base θ.
+    #[arg(long, value_name = "T", default_value_t = 10000.0)]
+    pub rope_theta: f64,
+    /// The position of X's first row.
+    #[arg(long, value_name = "START", default_value_t = 0)]
+    pub positions: usize,
+    /// Output, float32 [B, N, E].
+    #[arg(long, value_name = "Y.npy")]
+    pub out: PathBuf,
+}
+
 /// `wgattn mha`.
 #[derive(clap::Args, Debug)]
 pub struct MhaArgs {
@@ -394,8 +427,11 @@ pub struct BenchArgs {
     /// [default: the adapter's tile].
     #[arg(long, value_name = "XR,SL,C,KU,WG")]
     pub gemm_tile: Vec<String>,
-    /// gemm mode: time PyTorch's CPU F.linear on the same shapes in the same run
-    /// (scripts/torch_linear.py; needs python3 with torch).
+    /// Embedding width E of the layer mode [default: 1024] (heads from --heads, default 16).
+    #[arg(long, value_name = "E", default_value_t = 1024)]
+    pub embed_dim: usize,
+    /// gemm and layer modes: time PyTorch's CPU F.linear / nn.MultiheadAttention on the same
+    /// shapes in the same run (scripts/torch_linear.py, scripts/torch_mha.py; python3 with torch).
     #[arg(long)]
     pub torch: bool,
     /// Add the rows of JSON files in the bench's format (e.g. from scripts/torch_sdpa.py) to the
@@ -513,6 +549,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Merge(args) => merge::merge(args).map(|()| ExitCode::SUCCESS),
         Command::Mha(args) => mha::mha(args).map(|()| ExitCode::SUCCESS),
+        Command::LlamaAttn(args) => mha::llama_attn(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Tune(args) => tune::tune(args).map(|()| ExitCode::SUCCESS),
         Command::WarmUp(args) => warm_up::warm_up(args).map(|()| ExitCode::SUCCESS),

@@ -39,3 +39,25 @@ pub fn mha(args: &MhaArgs) -> Result<(), CliError> {
     npy::write_f32(&args.out, &[s.batch, s.seq, s.head_dim], &y.data)?;
     Ok(())
 }
+
+/// `wgattn llama-attn`: a Llama attention block (Hugging Face names under --prefix), causal
+/// self-attention over X float32 `[B, N, E]` at positions `--positions START`.., output float32
+/// `[B, N, E]`.
+pub fn llama_attn(args: &crate::LlamaAttnArgs) -> Result<(), CliError> {
+    let ctx = Context::new()?;
+    let block = wgpu_attention::layer::LlamaAttention::load(
+        &ctx,
+        &args.weights,
+        &args.prefix,
+        args.num_heads,
+        args.num_kv_heads,
+        args.rope_theta,
+    )?;
+    let a = npy::read_f32(&args.x, 3)?;
+    let s = Shape::new(a.shape[0], 1, a.shape[1], a.shape[2]);
+    let x = Tensor::upload(&ctx, &HostTensor::new(a.data, s, Layout::Bhsd)?)?;
+    let y = block.forward(&ctx, &x, args.positions)?.to_host(&ctx)?;
+    let s = y.shape;
+    npy::write_f32(&args.out, &[s.batch, s.seq, s.head_dim], &y.data)?;
+    Ok(())
+}
