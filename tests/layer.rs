@@ -221,3 +221,57 @@ fn llama_bad_weights_name_the_tensor() {
         LlamaAttention::from_safetensors(ctx, &bytes, "model.layers.0.self_attn.", 4, 3, 1e4).unwrap_err();
     assert!(matches!(&err, Error::Weights { .. }), "{err}");
 }
+
+/// A weight stored as f64 (a dtype the crate does not read) is refused naming the tensor.
+#[test]
+fn unsupported_weight_dtype_names_the_tensor() {
+    let e = 8;
+    let f32_bytes = |n: usize| vec![0u8; n * 4];
+    let f64_bytes = vec![0u8; e * e * 8];
+    let (w_in, w_out) = (f32_bytes(3 * e * e), f64_bytes);
+    let views = vec![
+        (
+            "in_proj_weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3 * e, e], &w_in).unwrap(),
+        ),
+        (
+            "out_proj.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![e, e], &w_out).unwrap(),
+        ),
+    ];
+    let bytes = safetensors::serialize(views, &None).unwrap();
+    let err = MultiHeadAttention::from_safetensors(ctx(), &bytes, "", 2).unwrap_err();
+    assert!(
+        matches!(&err, Error::Weights { tensor, problem } if tensor == "out_proj.weight" && problem.contains("F64")),
+        "{err}"
+    );
+}
+
+/// PyTorch's batch-second layout `[N, B, E]` is a strided view of the same buffer: the output
+/// equals the batch-first call's.
+#[test]
+fn batch_second_inputs_are_views() {
+    let ctx = ctx();
+    let bytes = fixture("self_bias");
+    let mha = MultiHeadAttention::from_safetensors(ctx, &bytes, "", 4).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (s, x) = read(&file, "query").unwrap();
+    let (b, n, e) = (s[0], s[1], s[2]);
+    // [N, B, E] in memory
+    let mut second = vec![0.0; x.len()];
+    for bi in 0..b {
+        for i in 0..n {
+            for c in 0..e {
+                second[(i * b + bi) * e + c] = x[(bi * n + i) * e + c];
+            }
+        }
+    }
+    let flat =
+        Tensor::upload(ctx, &HostTensor::new(second, Shape::new(1, 1, n * b, e), Layout::Bhsd).unwrap())
+            .unwrap();
+    let view = flat.view(Shape::new(b, 1, n, e), [e, e, b * e], 0).unwrap();
+    let got = mha.forward(ctx, &view, &view, &view, &MhaOptions::default()).unwrap().to_host(ctx).unwrap();
+    let want: Vec<f64> = read(&file, "out").unwrap().1.iter().map(|&v| v as f64).collect();
+    let (rel, max_abs) = reference::compare(&got.data, &want);
+    assert!(rel < 1e-4 && max_abs < 1e-4, "rel {rel:.3e}, max abs {max_abs:.3e}");
+}
