@@ -54,6 +54,10 @@ pub struct MhaOptions {
     pub attn_mask: Option<AttnMask>,
     /// Causal (top-left aligned: query i sees keys 0..=i), alone or with `attn_mask`.
     pub is_causal: bool,
+    /// Any mask of the library besides (a window, documents, block patterns ...), AND-ed with
+    /// the others: alone it runs as the kernels' own mask (sparse blocks skipped); with
+    /// `key_padding_mask` or `attn_mask` all three become one dense mask.
+    pub mask: Option<Mask>,
 }
 
 /// One projection's weight `[1, 1, out, in]` and optional bias `[1, 1, 1, out]`.
@@ -350,7 +354,10 @@ impl MultiHeadAttention {
             attn = attn.causal(Causal::TopLeft);
         }
         if options.key_padding_mask.is_none() && options.attn_mask.is_none() {
-            return Ok(attn);
+            return Ok(match &options.mask {
+                Some(m) => attn.mask(m.clone()),
+                None => attn,
+            });
         }
         let hidden: Option<(Vec<bool>, usize)> = match &options.attn_mask {
             None => None,
@@ -382,17 +389,20 @@ impl MultiHeadAttention {
                 )));
             }
         }
+        let per_head = per_head || options.mask.is_some();
         let heads = if per_head { h } else { 1 };
+        let dims = crate::mask::Dims { batch: b, heads: h, q_len: nq, kv_len: nk };
         let mut data = vec![true; b * heads * nq * nk];
         for bi in 0..b {
             for hi in 0..heads {
                 for i in 0..nq {
                     for j in 0..nk {
                         let padded = options.key_padding_mask.as_ref().is_some_and(|p| p[bi * nk + j]);
-                        let masked = hidden.as_ref().is_some_and(|(m, _)| {
-                            m[if per_head { ((bi * h + hi) * nq + i) * nk + j } else { i * nk + j }]
+                        let masked = hidden.as_ref().is_some_and(|(m, len)| {
+                            m[if *len == nq * nk { i * nk + j } else { ((bi * h + hi) * nq + i) * nk + j }]
                         });
-                        data[((bi * heads + hi) * nq + i) * nk + j] = !padded && !masked;
+                        let library = options.mask.as_ref().is_none_or(|m| m.visible(dims, bi, hi, i, j, nk));
+                        data[((bi * heads + hi) * nq + i) * nk + j] = !padded && !masked && library;
                     }
                 }
             }

@@ -57,6 +57,7 @@ fn run(name: &str) -> (f64, f64) {
             _ => AttnMask::Bool(d.iter().map(|&x| x != 0.0).collect()),
         }),
         is_causal: meta["is_causal"] == "1",
+        mask: None,
     };
     let y = mha.forward(ctx, &query, &key, &value, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
     let got = y.to_host(ctx).unwrap();
@@ -274,4 +275,38 @@ fn batch_second_inputs_are_views() {
     let want: Vec<f64> = read(&file, "out").unwrap().1.iter().map(|&v| v as f64).collect();
     let (rel, max_abs) = reference::compare(&got.data, &want);
     assert!(rel < 1e-4 && max_abs < 1e-4, "rel {rel:.3e}, max abs {max_abs:.3e}");
+}
+
+/// A library mask (a sliding window) alone runs as the kernels' own mask, and with key padding
+/// is folded into one dense mask: both equal the same visibility given as a boolean attn_mask.
+#[test]
+fn library_masks_combine_with_pytorch_masks() {
+    let ctx = ctx();
+    let bytes = fixture("self_bias");
+    let mha = MultiHeadAttention::from_safetensors(ctx, &bytes, "", 4).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (s, x) = read(&file, "query").unwrap();
+    let (b, n) = (s[0], s[1]);
+    let x =
+        Tensor::upload(ctx, &HostTensor::new(x, Shape::new(b, 1, n, s[2]), Layout::Bhsd).unwrap()).unwrap();
+    // window of 2 keys before the query, none after: hidden = j > i or i - j > 2
+    let hidden: Vec<bool> = (0..n * n).map(|k| (k % n > k / n) || (k / n) - (k % n).min(k / n) > 2).collect();
+    let pad: Vec<bool> = (0..b * n).map(|k| k == 1).collect();
+    let run = |o: MhaOptions| mha.forward(ctx, &x, &x, &x, &o).unwrap().to_host(ctx).unwrap().data;
+    let window = wgpu_attention::Mask::window(2, 0);
+    for padding in [None, Some(pad)] {
+        let by_mask = run(MhaOptions {
+            mask: Some(window.clone()),
+            key_padding_mask: padding.clone(),
+            ..Default::default()
+        });
+        let by_attn_mask = run(MhaOptions {
+            attn_mask: Some(AttnMask::Bool(hidden.clone())),
+            key_padding_mask: padding,
+            ..Default::default()
+        });
+        let want: Vec<f64> = by_attn_mask.iter().map(|&v| v as f64).collect();
+        let (rel, max_abs) = reference::compare(&by_mask, &want);
+        assert!(rel < 1e-5 && max_abs < 1e-5, "rel {rel:.3e}, max abs {max_abs:.3e}");
+    }
 }

@@ -33,7 +33,7 @@ pub fn mha(args: &MhaArgs) -> Result<(), CliError> {
         Some(p) => Some(npy::read_bool(p, 2)?.data),
         None => None,
     };
-    let options = MhaOptions { key_padding_mask, attn_mask: None, is_causal: args.causal };
+    let options = MhaOptions { key_padding_mask, attn_mask: None, is_causal: args.causal, mask: None };
     let y = mha.forward(&ctx, &x, &kv, &kv, &options)?.to_host(&ctx)?;
     let s = y.shape;
     npy::write_f32(&args.out, &[s.batch, s.seq, s.head_dim], &y.data)?;
